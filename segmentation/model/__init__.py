@@ -1,0 +1,1 @@
+"""The Concrete GMVAE: preprocessing, network, likelihoods, training, evaluation, artifacts."""

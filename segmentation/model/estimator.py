@@ -1,0 +1,344 @@
+"""``ConcreteGMVAE``: the scikit-learn-style face of the model.
+
+The constructor only stores configuration; ``fit`` learns (fitted state ends in ``_``);
+``predict`` / ``predict_proba`` / ``score`` never retrain. ``save`` / ``load`` round-trip through a
+directory of safetensors weights and JSON metadata.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from segmentation.model import artifact
+from segmentation.model.evaluation import label_metrics, segment_usage
+from segmentation.model.network import GMVAENetwork
+from segmentation.model.preprocessing import DataError, Layout, TablePreprocessor, _as_frame, infer_feature_types
+from segmentation.model.training import Schedules, TrainConfig, batch_to, compute_loss, train
+
+log = logging.getLogger(__name__)
+
+_CONFIG_KEYS = (
+    "n_segments", "latent_dim", "hidden", "estimator", "tau_start", "tau_min", "tau_decay", "kl_anneal_epochs",
+    "epochs", "batch_size", "learning_rate", "patience", "validation_fraction", "min_level_count", "seed",
+    "device", "n_threads", "bf16", "progress", "warm_start",
+)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine; use 'cpu' or 'auto'")
+    return dev
+
+
+class ConcreteGMVAE:
+    """Gaussian-mixture VAE for mixed-type customer tables.
+
+    Parameters
+    ----------
+    n_segments: number of mixture components K (segments).
+    latent_dim: size of the continuous latent z.
+    hidden: widths of the encoder's hidden layers (the decoder mirrors them).
+    estimator: ``"concrete"`` (one relaxed Gumbel-softmax sample of y per row; per-step cost does not
+        grow with K) or ``"exact"`` (sums over all K values of y; cost linear in K).
+    tau_start, tau_min, tau_decay: Concrete temperature, decayed ``tau_start * tau_decay**epoch`` to ``tau_min``.
+    kl_anneal_epochs: epochs over which the weight of KL(q(y|x) || p(y)) rises from 0 to 1.
+    epochs, batch_size, learning_rate: Adam training settings.
+    patience: early stopping after this many epochs without validation improvement (counted once
+        the KL weight has reached 1); the best weights are restored.
+    validation_fraction: share of rows held out for early stopping (0 disables it).
+    min_level_count: categorical levels with fewer training rows are pooled into ``__other__``.
+    seed: makes training deterministic on a given machine and device.
+    device: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``; ``bf16`` enables bf16 autocast.
+    n_threads: CPU threads for torch during fit/predict (None leaves torch's default).
+    progress: True/False forces the progress bar on/off; None shows it only on a terminal.
+    warm_start: when True and already fitted, ``fit`` continues from the current weights and keeps the
+        fitted preprocessing (a nightly refresh) instead of starting over.
+    """
+
+    def __init__(
+        self,
+        n_segments: int = 8,
+        latent_dim: int = 10,
+        hidden: tuple[int, ...] = (256, 128),
+        estimator: str = "concrete",
+        tau_start: float = 1.0,
+        tau_min: float = 0.5,
+        tau_decay: float = 0.95,
+        kl_anneal_epochs: int = 10,
+        epochs: int = 100,
+        batch_size: int = 256,
+        learning_rate: float = 1e-3,
+        patience: int = 10,
+        validation_fraction: float = 0.1,
+        min_level_count: int = 10,
+        seed: int = 0,
+        device: str = "auto",
+        n_threads: int | None = None,
+        bf16: bool = False,
+        progress: bool | None = None,
+        warm_start: bool = False,
+    ):
+        self.n_segments = n_segments
+        self.latent_dim = latent_dim
+        self.hidden = tuple(hidden)
+        self.estimator = estimator
+        self.tau_start = tau_start
+        self.tau_min = tau_min
+        self.tau_decay = tau_decay
+        self.kl_anneal_epochs = kl_anneal_epochs
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.min_level_count = min_level_count
+        self.seed = seed
+        self.device = device
+        self.n_threads = n_threads
+        self.bf16 = bf16
+        self.progress = progress
+        self.warm_start = warm_start
+
+    # ---- sklearn-ish plumbing ------------------------------------------------------------------
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _CONFIG_KEYS}
+
+    def set_params(self, **params: Any) -> "ConcreteGMVAE":
+        for k, v in params.items():
+            if k not in _CONFIG_KEYS:
+                raise ValueError(f"unknown parameter {k!r}")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        return f"ConcreteGMVAE(n_segments={self.n_segments}, estimator={self.estimator!r}, latent_dim={self.latent_dim})"
+
+    def _check_config(self) -> None:
+        if self.estimator not in ("concrete", "exact"):
+            raise ValueError(f"estimator must be 'concrete' or 'exact', not {self.estimator!r}")
+        if int(self.n_segments) < 2:
+            raise ValueError(f"n_segments must be at least 2, not {self.n_segments}")
+        if not 0.0 <= float(self.validation_fraction) < 1.0:
+            raise ValueError("validation_fraction must be in [0, 1)")
+        if self.tau_min <= 0 or self.tau_start <= 0:
+            raise ValueError("temperatures must be positive")
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "network_")
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError("this ConcreteGMVAE is not fitted yet; call fit() or ConcreteGMVAE.load()")
+
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(
+            estimator=self.estimator,
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            learning_rate=float(self.learning_rate),
+            patience=int(self.patience),
+            schedules=Schedules(int(self.kl_anneal_epochs), float(self.tau_start), float(self.tau_min), float(self.tau_decay)),
+            device=_resolve_device(self.device),
+            bf16=bool(self.bf16),
+            progress=self.progress,
+        )
+
+    # ---- fit -----------------------------------------------------------------------------------
+    def fit(self, X: Any, feature_types: dict[str, str] | None = None, table_name: str = "input") -> "ConcreteGMVAE":
+        """Fit on a DataFrame / Arrow table. ``feature_types`` maps column -> type (continuous, money,
+        count, binary, categorical); when omitted, types are inferred from dtypes and logged."""
+        self._check_config()
+        df = _as_frame(X)
+        refresh = bool(self.warm_start) and self.is_fitted
+        if refresh:
+            pre = self.preprocessor_
+        else:
+            if feature_types is None:
+                feature_types = infer_feature_types(df)
+                log.info("inferred feature types: %s", ", ".join(f"{k}={v}" for k, v in feature_types.items()))
+                self.inferred_feature_types_ = dict(feature_types)
+            pre = TablePreprocessor(feature_types, self.min_level_count, table_name=table_name)
+            pre.fit(df)
+        pre.table_name = table_name
+        data = pre.transform(df)
+        n = data["x"].shape[0]
+        cfg = self._train_config()
+        t0 = time.perf_counter()
+        with _threads(self.n_threads):
+            torch.manual_seed(int(self.seed))
+            if refresh:
+                net = self.network_
+            else:
+                net = GMVAENetwork(pre.layout, int(self.n_segments), int(self.latent_dim), self.hidden)
+            rng = np.random.default_rng(int(self.seed))
+            order = rng.permutation(n)
+            n_val = int(round(n * float(self.validation_fraction))) if n >= 20 else 0
+            val_idx, tr_idx = torch.from_numpy(order[:n_val]), torch.from_numpy(order[n_val:])
+            train_data = {k: v[tr_idx] for k, v in data.items()}
+            val_data = {k: v[val_idx] for k, v in data.items()} if n_val else None
+            gen = torch.Generator().manual_seed(int(self.seed))
+            history = train(net, train_data, val_data, cfg, gen)
+        net.eval()
+        self.preprocessor_ = pre
+        self.network_ = net
+        self.device_ = cfg.device
+        self.feature_types_ = dict(pre.feature_types)
+        self.history_ = history if not refresh else getattr(self, "history_", []) + history
+        self.fingerprint_ = artifact.data_fingerprint(df, list(pre.feature_types))
+        final = history[-1] if history else {}
+        self.metrics_ = {
+            "train_seconds": time.perf_counter() - t0,
+            "epochs_run": len(history),
+            "best_epoch": next((r["epoch"] for r in history if r.get("best")), len(history)),
+            "final_train_loss": final.get("loss"),
+            "val_loss": min((r["val_loss"] for r in history if "val_loss" in r and r["kl_weight"] >= 1.0), default=None),
+            "refresh": refresh,
+            "n_rows": n,
+        }
+        usage = segment_usage(self.predict(df), int(self.n_segments))
+        self.metrics_["usage"] = usage
+        for w in usage["warnings"]:
+            log.warning("segment usage: %s", w)
+        return self
+
+    # ---- inference -----------------------------------------------------------------------------
+    def _batches(self, X: Any, batch_size: int = 8192) -> Iterator[dict[str, torch.Tensor]]:
+        self._require_fitted()
+        df = _as_frame(X)
+        data = self.preprocessor_.transform(df)
+        n = data["x"].shape[0]
+        for start in range(0, n, batch_size):
+            yield batch_to(data, slice(start, start + batch_size), self.device_)
+
+    @torch.no_grad()
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """q(y|x): each row's probability of belonging to each segment, shape [rows, n_segments]."""
+        out = []
+        with _threads(self.n_threads):
+            for b in self._batches(X):
+                _, logits = self.network_.encode(b["x"])
+                out.append(torch.softmax(logits.float(), -1).cpu())
+        return torch.cat(out).numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable segment of each row."""
+        return self.predict_proba(X).argmax(axis=1)
+
+    @torch.no_grad()
+    def transform(self, X: Any) -> np.ndarray:
+        """Latent coordinates (mean of q(z|x,y) under the relaxed posterior), for maps and diagnostics."""
+        out = []
+        for b in self._batches(X):
+            h, logits = self.network_.encode(b["x"])
+            zm, _ = self.network_.z_params(h, torch.softmax(logits, -1))
+            out.append(zm.float().cpu())
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def elbo(self, X: Any, seed: int = 0) -> np.ndarray:
+        """Per-row evidence lower bound (the exact bound, summing over y), with seeded noise."""
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for b in self._batches(X, batch_size=2048):
+                terms = compute_loss(self.network_, "exact", b, tau=1.0, kl_weight=1.0)
+                out.append(-terms.neg_elbo.float().cpu())
+        return torch.cat(out).numpy()
+
+    def score(self, X: Any) -> float:
+        """Mean ELBO per row (higher is better), like scikit-learn's ``score``."""
+        return float(np.mean(self.elbo(X)))
+
+    @torch.no_grad()
+    def log_likelihood(self, X: Any, n_samples: int = 50, seed: int = 0) -> np.ndarray:
+        """Importance-weighted estimate of log p(x) per row (tighter than the ELBO)."""
+        out = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for b in self._batches(X, batch_size=1024):
+                out.append(self.network_.iw_log_likelihood(b, n_samples=n_samples).float().cpu())
+        return torch.cat(out).numpy()
+
+    def evaluate(self, X: Any, labels: Any = None, iw_samples: int = 50) -> dict[str, Any]:
+        """Held-out ELBO, importance-weighted log-likelihood, segment usage and (with labels) ARI/NMI/accuracy."""
+        clusters = self.predict(X)
+        res: dict[str, Any] = {
+            "elbo": float(np.mean(self.elbo(X))),
+            "iw_log_likelihood": float(np.mean(self.log_likelihood(X, n_samples=iw_samples))),
+            "usage": segment_usage(clusters, int(self.n_segments)),
+        }
+        if labels is not None:
+            res.update(label_metrics(labels, clusters))
+        return res
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def save(self, path: str) -> str:
+        self._require_fitted()
+        config = self.get_params()
+        config["hidden"] = list(self.hidden)
+        meta = {
+            "kind": "ConcreteGMVAE",
+            "config": config,
+            "preprocessing": self.preprocessor_.to_dict(),
+            "feature_types": self.feature_types_,
+            "history": self.history_,
+            "metrics": self.metrics_,
+            "fingerprint": self.fingerprint_,
+            "versions": artifact.library_versions(),
+            "saved_at": pd.Timestamp.now(tz="UTC").isoformat(),
+        }
+        artifact.write_artifact(path, self.network_.state_dict(), meta)
+        return str(path)
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> "ConcreteGMVAE":
+        state, meta = artifact.read_artifact(path)
+        if meta.get("kind") != "ConcreteGMVAE":
+            raise artifact.ArtifactError(f"{path}: not a ConcreteGMVAE artifact")
+        cfg = dict(meta["config"])
+        cfg["hidden"] = tuple(cfg["hidden"])
+        cfg["device"] = device
+        model = cls(**{k: v for k, v in cfg.items() if k in _CONFIG_KEYS})
+        pre = TablePreprocessor.from_dict(meta["preprocessing"])
+        net = GMVAENetwork(pre.layout, int(model.n_segments), int(model.latent_dim), model.hidden)
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise artifact.ArtifactError(f"{path}: weights do not match the metadata ({exc}); the artifact is corrupt") from exc
+        for name, t in state.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise artifact.ArtifactError(f"{path}: weight {name!r} contains NaN or inf; refusing to load a broken model")
+        model.device_ = _resolve_device(device)
+        net.to(model.device_).eval()
+        model.network_ = net
+        model.preprocessor_ = pre
+        model.feature_types_ = dict(meta["feature_types"])
+        model.history_ = meta.get("history", [])
+        model.metrics_ = meta.get("metrics", {})
+        model.fingerprint_ = meta.get("fingerprint", {})
+        model.metadata_ = meta
+        return model

@@ -1,0 +1,182 @@
+"""Training loop: Adam on minibatches, KL and temperature schedules, early stopping, NaN guard."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from segmentation.model.network import GMVAENetwork, LossTerms
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the model is not usable, and nothing is saved."""
+
+
+@dataclass
+class Schedules:
+    """w_t (weight of KL(q(y|x) || p(y))) and tau_t (Concrete temperature), per epoch.
+
+    w_t rises linearly from 0 to 1 over ``kl_anneal_epochs``; tau_t decays exponentially from
+    ``tau_start`` by ``tau_decay`` per epoch down to the floor ``tau_min``.
+    """
+
+    kl_anneal_epochs: int = 10
+    tau_start: float = 1.0
+    tau_min: float = 0.5
+    tau_decay: float = 0.95
+
+    def kl_weight(self, epoch: int) -> float:
+        if self.kl_anneal_epochs <= 0:
+            return 1.0
+        return min(1.0, epoch / float(self.kl_anneal_epochs))
+
+    def tau(self, epoch: int) -> float:
+        return max(self.tau_min, self.tau_start * self.tau_decay**epoch)
+
+
+@dataclass
+class TrainConfig:
+    estimator: str = "concrete"
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    patience: int = 10
+    min_epochs: int = 0
+    schedules: Schedules = field(default_factory=Schedules)
+    device: torch.device = torch.device("cpu")
+    bf16: bool = False
+    progress: bool | None = None  # None: a bar when stderr is a terminal, else one log line per epoch
+
+
+def batch_to(batch: dict[str, torch.Tensor], idx: torch.Tensor | slice, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v[idx].to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def compute_loss(net: GMVAENetwork, estimator: str, batch: dict[str, torch.Tensor], tau: float, kl_weight: float,
+                 sample: bool = True) -> LossTerms:
+    if estimator == "concrete":
+        return net.loss_concrete(batch, tau=tau, kl_weight=kl_weight, sample=sample)
+    if estimator == "exact":
+        return net.loss_exact(batch, kl_weight=kl_weight, sample=sample)
+    raise ValueError(f"unknown estimator {estimator!r}; use 'concrete' or 'exact'")
+
+
+@torch.no_grad()
+def evaluate_loss(net: GMVAENetwork, cfg: TrainConfig, data: dict[str, torch.Tensor], tau: float, seed: int = 0) -> float:
+    """Mean negative ELBO (w=1) with fixed noise, so epochs are comparable for early stopping."""
+    net.eval()
+    n = data["x"].shape[0]
+    total = 0.0
+    devtype = cfg.device.type
+    with torch.random.fork_rng(devices=[] if devtype == "cpu" else None):
+        torch.manual_seed(seed)
+        for start in range(0, n, 4096):
+            b = batch_to(data, slice(start, start + 4096), cfg.device)
+            terms = compute_loss(net, cfg.estimator, b, tau=tau, kl_weight=1.0)
+            total += float(terms.neg_elbo.float().sum())
+    net.train()
+    return total / max(n, 1)
+
+
+def _progress(cfg: TrainConfig, total: int):
+    interactive = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    if not interactive:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="training", unit="epoch", leave=False)
+
+
+def train(
+    net: GMVAENetwork,
+    train_data: dict[str, torch.Tensor],
+    val_data: dict[str, torch.Tensor] | None,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``net`` in place; returns the per-epoch history. Restores the best weights seen on the
+    validation split once the KL annealing has finished (before that the objective still changes)."""
+    net.to(cfg.device)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    n = train_data["x"].shape[0]
+    history: list[dict[str, Any]] = []
+    best_val, best_state, best_epoch, bad_epochs = math.inf, None, -1, 0
+    bar = _progress(cfg, cfg.epochs)
+    sched = cfg.schedules
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        tau, w = sched.tau(epoch), sched.kl_weight(epoch)
+        perm = torch.randperm(n, generator=generator)
+        sums = {"loss": 0.0, "rec": 0.0, "kl_z": 0.0, "kl_y": 0.0}
+        steps = 0
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            b = batch_to(train_data, idx, cfg.device)
+            with torch.autocast(device_type=cfg.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                terms = compute_loss(net, cfg.estimator, b, tau=tau, kl_weight=w)
+            if not torch.isfinite(terms.loss):
+                raise TrainingDiverged(
+                    f"training loss became {float(terms.loss)} at epoch {epoch + 1}, step {steps + 1}: "
+                    "the model is unusable. Lower the learning rate, check the features for extreme values, "
+                    "or declare heavy-tailed amounts as 'money'."
+                )
+            opt.zero_grad(set_to_none=True)
+            terms.loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            opt.step()
+            bs = idx.shape[0]
+            sums["loss"] += float(terms.loss.detach()) * bs
+            sums["rec"] += float(terms.rec.detach().float().mean()) * bs
+            sums["kl_z"] += float(terms.kl_z.detach().float().mean()) * bs
+            sums["kl_y"] += float(terms.kl_y.detach().float().mean()) * bs
+            steps += 1
+        seconds = time.perf_counter() - t0
+        row: dict[str, Any] = {k: v / n for k, v in sums.items()}
+        row.update(epoch=epoch + 1, tau=tau, kl_weight=w, steps=steps, seconds=seconds)
+        if val_data is not None and val_data["x"].shape[0]:
+            val = evaluate_loss(net, cfg, val_data, tau=tau)
+            if not math.isfinite(val):
+                raise TrainingDiverged(f"validation loss became {val} at epoch {epoch + 1}")
+            row["val_loss"] = val
+            if w >= 1.0 and epoch + 1 >= cfg.min_epochs:
+                if val < best_val - 1e-4 * abs(best_val if math.isfinite(best_val) else 1.0):
+                    best_val, best_epoch, bad_epochs = val, epoch + 1, 0
+                    best_state = copy.deepcopy(net.state_dict())
+                else:
+                    bad_epochs += 1
+        history.append(row)
+        if on_epoch:
+            on_epoch(row)
+        msg = (
+            f"epoch {epoch + 1}/{cfg.epochs} loss={row['loss']:.4f} rec={row['rec']:.3f} kl_z={row['kl_z']:.3f} "
+            f"kl_y={row['kl_y']:.3f} tau={tau:.3f} w={w:.2f}"
+            + (f" val={row['val_loss']:.4f}" if "val_loss" in row else "")
+            + f" ({seconds:.1f}s)"
+        )
+        if bar is not None:
+            bar.set_postfix_str(msg.split(" ", 2)[2][:80])
+            bar.update(1)
+        else:
+            log.info(msg)
+        if best_state is not None and bad_epochs >= cfg.patience:
+            log.info("early stopping at epoch %d: no validation improvement for %d epochs (best epoch %d)",
+                     epoch + 1, cfg.patience, best_epoch)
+            break
+    if bar is not None:
+        bar.close()
+    if best_state is not None:
+        net.load_state_dict(best_state)
+        log.info("restored the weights of epoch %d (validation loss %.4f)", best_epoch, best_val)
+    for row in history:
+        row["best"] = row["epoch"] == best_epoch
+    return history
