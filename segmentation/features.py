@@ -221,7 +221,7 @@ def build_features(
     test included: the table is then built but must not be used), and when the relation's columns
     are not exactly the spec's entity key and features, in order.
     """
-    from segmentation.warehouse import connect, default_url, redact_url
+    from segmentation.warehouse import default_url, redact_url
 
     url = url or default_url()
     spec = _spec(spec)
@@ -263,31 +263,41 @@ def build_features(
                     _release_duckdb()
     _raise_on_failure(result, scrub, relation.qualified)
 
+    check_features_relation(url, spec, project)
+    log.info("built %s as of %s in %.1f s", relation.qualified, dbt_vars["as_of"], time.perf_counter() - started)
+    return relation.qualified
+
+
+def check_features_relation(url: str | None, spec: Spec, project: Path | None = None) -> None:
+    """Raise ``FeatureBuildError`` unless the features relation's columns are exactly the spec's
+    entity key and features, in the spec's order."""
+    from segmentation.warehouse import connect
+
+    relation = spec.features_relation
     expected = [spec.entity_key, *spec.feature_names]
     wh = connect(url)
     try:
         actual = [name for name, _ in wh.columns(relation.schema, relation.table)]
     finally:
         wh.close()
-    if actual != expected:
-        missing = [c for c in expected if c not in actual]
-        extra = [c for c in actual if c not in expected]
-        detail = []
-        if not actual:
-            detail.append("the relation does not exist")
-        if missing:
-            detail.append(f"missing {missing}")
-        if extra:
-            detail.append(f"not in the spec {extra}")
-        if not missing and not extra and actual:
-            detail.append(f"order differs: got {actual}")
-        raise FeatureBuildError(
-            f"{relation.qualified} does not match the spec {spec.path or spec.name}: "
-            f"expected columns {expected}; {'; '.join(detail)}. "
-            f"Keep the dbt model ({project}/models) and the spec's features in step."
-        )
-    log.info("built %s as of %s in %.1f s", relation.qualified, dbt_vars["as_of"], time.perf_counter() - started)
-    return relation.qualified
+    if actual == expected:
+        return
+    missing = [c for c in expected if c not in actual]
+    extra = [c for c in actual if c not in expected]
+    detail = []
+    if not actual:
+        detail.append("the relation does not exist")
+    if missing:
+        detail.append(f"missing {missing}")
+    if extra:
+        detail.append(f"not in the spec {extra}")
+    if not missing and not extra and actual:
+        detail.append(f"order differs: got {actual}")
+    raise FeatureBuildError(
+        f"{relation.qualified} does not match the spec {spec.path or spec.name}: "
+        f"expected columns {expected}; {'; '.join(detail)}. "
+        f"Keep the dbt model ({project or DEFAULT_PROJECT_DIR}/models) and the spec's features in step."
+    )
 
 
 def _invoke(args: list[str], scrub) -> Any:
