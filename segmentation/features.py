@@ -49,6 +49,7 @@ _PROFILE_ENV = (
     "DBT_ENV_SECRET_SEGMENT_PG_PASSWORD",
 )
 _NO_TRACKING = {"DBT_SEND_ANONYMOUS_USAGE_STATS": "False", "DO_NOT_TRACK": "1"}
+_QUIET_EVENTS = {"LogStartLine", "NodeStart", "ConcurrencyLine", "LogHookStartLine"}
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 
 # os.environ and dbt's globals are process-wide: one dbt invocation at a time.
@@ -244,7 +245,7 @@ def build_features(
             "--vars", json.dumps(dbt_vars),
             "--target-path", str(work / "target"),
             "--log-path", str(work / "logs"),
-            "--log-level", "none",  # console: dbt's events go to our logger instead (see _forward)
+            "--log-level", "none",  # console: dbt's events go to our logger instead (_invoke)
             "--log-level-file", "debug",
             "--no-use-colors",
             "--no-send-anonymous-usage-stats",
@@ -306,6 +307,8 @@ def _invoke(args: list[str], scrub) -> Any:
     def forward(event: Any) -> None:
         info = event.info
         level = _LEVELS.get(info.level, logging.DEBUG)
+        if info.name in _QUIET_EVENTS:  # "N of 25 START ..." for every node: detail, not news
+            level = logging.DEBUG
         if level >= logging.INFO and dbt_log.isEnabledFor(level) and info.msg:
             dbt_log.log(level, "%s", scrub(info.msg))
 
@@ -343,10 +346,7 @@ def _raise_on_failure(result: Any, scrub, relation: str) -> None:
         status = str(getattr(r.status, "value", r.status)).lower()
         if status in ("error", "fail", "runtime error"):
             node = getattr(getattr(r, "node", None), "unique_id", "?")
-            message = scrub(r.message or status).strip()
-            if status == "fail" and getattr(r, "failures", None) is not None:
-                message = f"{message} ({r.failures} failing rows)" if "fail" not in message.lower() else message
-            failures.append((node, message))
+            failures.append((node, scrub(r.message or status).strip()))
     if failures:
         node, message = failures[0]
         more = f" (and {len(failures) - 1} more: {', '.join(n for n, _ in failures[1:])})" if len(failures) > 1 else ""
