@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -261,10 +262,9 @@ def retail_duckdb(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def retail_postgres(_postgres_admin: Any) -> Any:
     name = f"seg_test_{uuid.uuid4().hex[:12]}"
     _postgres_admin.execute(f'CREATE DATABASE "{name}"')
-    admin = _postgres_admin.info
-    url = f"postgresql://{admin.user}@{admin.host}:{admin.port}/{name}"
-    if admin.password:
-        url = f"postgresql://{admin.user}:{admin.password}@{admin.host}:{admin.port}/{name}"
+    # like conftest's postgres_url, but one database for the whole module
+    admin_url = os.environ.get("SEGMENT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
     try:
         yield _load_and_build(url)
     finally:
