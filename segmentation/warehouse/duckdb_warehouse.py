@@ -45,6 +45,30 @@ class DuckDBWarehouse(Warehouse):
         self.path = duckdb_path(url)
         self._con: Any = None  # duckdb.DuckDBPyConnection, imported lazily
 
+    @property
+    def catalog(self) -> str:
+        """DuckDB's name for the database: the file name up to its first dot (``memory``)."""
+        return "memory" if self.path == ":memory:" else Path(self.path).name.split(".")[0]
+
+    def _check_schema(self, schema: str) -> None:
+        # DuckDB cannot tell schema "x" from the catalog of file x.duckdb: every statement on
+        # x.table fails as ambiguous. Say so up front instead of mid-publish.
+        if schema.lower() == self.catalog.lower():
+            raise WarehouseError(
+                f"schema {schema!r} has the same name as the DuckDB database file {self.path!r}, "
+                "which DuckDB cannot tell apart: rename the file or use another schema"
+            )
+
+    def qualified(self, schema: str, table: str) -> str:
+        name = super().qualified(schema, table)
+        self._check_schema(schema)
+        return name
+
+    def create_schema(self, schema: str) -> None:
+        self.ident(schema)
+        self._check_schema(schema)
+        super().create_schema(schema)
+
     def _connection(self) -> Any:
         if self._con is None:
             import duckdb
@@ -111,7 +135,10 @@ class DuckDBWarehouse(Warehouse):
         except duckdb.Error as exc:
             raise self._error(f"loading {data.num_rows} rows into {schema}.{table} failed", exc) from exc
         finally:
-            con.unregister(view)
+            try:
+                con.unregister(view)
+            except duckdb.Error:  # transaction aborted: the rollback drops the registration too
+                pass
 
     def table_exists(self, schema: str, table: str) -> bool:
         self.qualified(schema, table)  # validate even though the lookup is parametrized
