@@ -287,17 +287,22 @@ class Warehouse(ABC):
         try:
             yield tx
         except BaseException:
-            self._tx = None
-            tx._closed = True
             try:
                 self._rollback()
             except Exception:  # the original error matters more than a failed rollback
                 log.exception("rollback failed on %s", self)
+            finally:
+                self._tx, tx._closed = None, True
             raise
-        else:
-            self._tx = None
-            tx._closed = True
+        try:
             self._commit()
+        except BaseException:
+            # A failed COMMIT (conflict, deferred constraint) must not leave a transaction open.
+            with contextlib.suppress(Exception):
+                self._rollback()
+            raise
+        finally:
+            self._tx, tx._closed = None, True
 
 
 class Transaction:
