@@ -71,7 +71,8 @@ def write_artifact(path: str | os.PathLike, state_dict: dict[str, Any], metadata
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "concrete-gmvae"})
         with open(os.path.join(tmp, METADATA), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True, default=_json_default, allow_nan=True)
+            # key order matters (feature order defines the tensor layout): never sort_keys here
+            json.dump(meta, f, indent=2, default=_json_default, allow_nan=True)
         # metadata last: its presence marks a complete artifact
         os.replace(os.path.join(tmp, WEIGHTS), out / WEIGHTS)
         os.replace(os.path.join(tmp, METADATA), out / METADATA)

@@ -1,0 +1,110 @@
+"""The two estimators over one network: exact = analytic marginalisation; concrete cost flat in K."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from segmentation.model.network import GMVAENetwork
+from segmentation.model.preprocessing import TablePreprocessor
+from segmentation.model.likelihoods import kl_categorical, kl_gaussians
+
+
+def _tiny(K=3, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "amount": np.exp(rng.normal(2, 1, n)),
+        "visits": rng.poisson(3, n),
+        "score": rng.normal(0, 1, n),
+        "flag": rng.integers(0, 2, n),
+        "tier": rng.choice(["a", "b", "c"], n),
+    })
+    df.loc[2, "amount"] = np.nan
+    df.loc[5, "tier"] = None
+    types = {"amount": "money", "visits": "count", "score": "continuous", "flag": "binary", "tier": "categorical"}
+    pre = TablePreprocessor(types, min_level_count=1).fit(df)
+    torch.manual_seed(seed)
+    net = GMVAENetwork(pre.layout, K, latent_dim=2, hidden=(8, 6))
+    return net, pre.transform(df)
+
+
+@torch.no_grad()
+def test_exact_equals_explicit_marginalisation_over_y():
+    """sum_k q(k|x) [log p(x|z_k) - KL(q(z|x,k)||p(z|k))] - KL(q(y|x)||p(y)), evaluated one y at a time."""
+    K = 4
+    net, batch = _tiny(K)
+    terms = net.loss_exact(batch, kl_weight=1.0, sample=False)
+    h, logits = net.encode(batch["x"])
+    qy = torch.softmax(logits, -1)
+    total = torch.zeros(batch["x"].shape[0])
+    for k in range(K):
+        onehot = torch.nn.functional.one_hot(torch.full((batch["x"].shape[0],), k), K).float()
+        zm, zlv = net.z_params(h, onehot)
+        pm, plv = net.prior_params(onehot)
+        branch = net.decode_log_lik(zm, batch) - kl_gaussians(zm, zlv, pm, plv)
+        total += qy[:, k] * branch
+    total -= kl_categorical(logits, torch.full((K,), -np.log(K)))
+    assert torch.allclose(-terms.neg_elbo, total, atol=1e-4)
+
+
+@torch.no_grad()
+def test_concrete_at_one_hot_limit_matches_exact_branch():
+    """At a near-zero temperature the relaxed y is one-hot on argmax q(y|x): the concrete terms equal
+    the exact estimator's branch for that component."""
+    K = 3
+    net, batch = _tiny(K)
+    conc = net.loss_concrete(batch, tau=1e-4, kl_weight=1.0, sample=False)
+    h, logits = net.encode(batch["x"])
+    onehot = torch.nn.functional.one_hot(logits.argmax(-1), K).float()
+    zm, zlv = net.z_params(h, onehot)
+    pm, plv = net.prior_params(onehot)
+    assert torch.allclose(conc.rec, net.decode_log_lik(zm, batch), atol=1e-4)
+    assert torch.allclose(conc.kl_z, kl_gaussians(zm, zlv, pm, plv), atol=1e-4)
+
+
+def test_missing_entries_do_not_change_the_likelihood():
+    """A masked entry contributes nothing: changing its placeholder value leaves log p(x|z) unchanged."""
+    net, batch = _tiny(3)
+    z = torch.randn(batch["x"].shape[0], 2)
+    before = net.decode_log_lik(z, batch)
+    b2 = dict(batch)
+    g = batch["gaussian"].clone()
+    g[2, 0] = 123.0  # row 2's amount is missing
+    b2["gaussian"] = g
+    assert batch["gaussian_mask"][2, 0] == 0
+    assert torch.allclose(before, net.decode_log_lik(z, b2))
+
+
+def _step_flops(estimator: str, K: int, n_inputs: int = 64, hidden=(128, 64), latent: int = 8, n: int = 64) -> int:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({f"p{i}": rng.integers(0, 2, n) for i in range(n_inputs)})
+    pre = TablePreprocessor({c: "binary" for c in df.columns}, min_level_count=1).fit(df)
+    net = GMVAENetwork(pre.layout, K, latent_dim=latent, hidden=hidden)
+    batch = pre.transform(df)
+    with FlopCounterMode(display=False) as counter:
+        if estimator == "concrete":
+            loss = net.loss_concrete(batch, tau=0.7, kl_weight=1.0).loss
+        else:
+            loss = net.loss_exact(batch, kl_weight=1.0).loss
+        loss.backward()
+    return counter.get_total_flops()
+
+
+def test_concrete_step_flops_grow_only_through_the_small_y_layers():
+    """Counted, not timed: everything in a concrete step but the y layers is independent of K."""
+    B, H, L = 64, 64, 8
+    conc = {K: _step_flops("concrete", K) for K in (2, 20, 200)}
+    # K-dependent layers: y-logits (H x K), y-input of the z-encoder (K x H), prior means and
+    # log-variances (K x L each); forward 2*B*in*out flops each, backward twice that.
+    per_k = 3 * 2 * B * (H + H + 2 * L)
+    assert conc[20] - conc[2] == pytest.approx(per_k * 18, rel=0.01)
+    assert conc[200] - conc[2] == pytest.approx(per_k * 198, rel=0.01)
+
+
+def test_concrete_flat_in_k_at_realistic_width_while_exact_is_linear():
+    shape = dict(n_inputs=392, hidden=(512, 256), latent=10)  # 784 encoder inputs, like MNIST
+    conc2, conc200 = _step_flops("concrete", 2, **shape), _step_flops("concrete", 200, **shape)
+    ex2, ex20 = _step_flops("exact", 2, **shape), _step_flops("exact", 20, **shape)
+    assert conc200 / conc2 < 1.2, (conc2, conc200)
+    assert ex20 / ex2 > 5, (ex2, ex20)
+    assert ex20 / _step_flops("concrete", 20, **shape) > 5
