@@ -296,7 +296,8 @@ class ConcreteGMVAE:
         return res
 
     # ---- persistence ---------------------------------------------------------------------------
-    def save(self, path: str) -> str:
+    def save(self, path: str, extra: dict[str, Any] | None = None) -> str:
+        """Write the artifact; ``extra`` (JSON-able) is stored under ``run`` in the metadata."""
         self._require_fitted()
         config = self.get_params()
         config["hidden"] = list(self.hidden)
@@ -310,6 +311,7 @@ class ConcreteGMVAE:
             "fingerprint": self.fingerprint_,
             "versions": artifact.library_versions(),
             "saved_at": pd.Timestamp.now(tz="UTC").isoformat(),
+            "run": dict(extra or {}),
         }
         artifact.write_artifact(path, self.network_.state_dict(), meta)
         return str(path)

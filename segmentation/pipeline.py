@@ -1,0 +1,549 @@
+"""The steps of one nightly run, as plain functions shared by the CLI and the Airflow DAG.
+
+Every step takes the warehouse URL (resolved by the caller: never passed through XCom, since it may
+hold a password) and the run dict from ``start_run``, and returns a small JSON-able dict of
+references (table names, file paths, model versions): never DataFrames.
+
+    run = start_run(date(2011, 12, 9))
+    extracted = extract(url, run)
+    built = features(url, run)
+    checked = validate(url, run, extracted)
+    trained = train(url, run, checked)
+    scored = score(url, run, trained)
+    published = publish(url, run, trained, scored, checked)
+
+``run_all`` chains them (and records a failed run when one raises); ``segment run`` calls it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from segmentation.spec import Spec, load_spec
+
+log = logging.getLogger(__name__)
+
+# Model settings a spec's ``model:`` block may set (the rest of ConcreteGMVAE's are left default).
+_MODEL_KEYS = (
+    "n_segments", "latent_dim", "hidden", "estimator", "tau_start", "tau_min", "tau_decay", "kl_anneal_epochs",
+    "epochs", "batch_size", "learning_rate", "patience", "validation_fraction", "min_level_count", "seed",
+    "device", "n_threads", "bf16",
+)
+REFRESH_EPOCHS = 10          # fine-tuning epochs of a nightly refresh
+RETRAIN_EVERY_DAYS = 7       # a refreshed lineage is retrained from scratch weekly
+MAX_DOMINANT_SHARE = 0.8     # promotion gate: no segment may hold more of the customers
+MIN_SEGMENT_SHARE = 0.002    # promotion gate: nor may one be (almost) empty
+
+
+class PipelineError(RuntimeError):
+    """A step could not complete; the message says which and why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# run context
+# ---------------------------------------------------------------------------------------------
+def _date(value: dt.date | str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError as exc:
+        raise PipelineError(f"run date {value!r} is not a date (YYYY-MM-DD)") from exc
+
+
+def start_run(
+    run_date: dt.date | str,
+    *,
+    as_of: dt.datetime | str | None = None,
+    spec_path: str | None = None,
+    n_segments: int | None = None,
+    full_retrain: bool = False,
+    artifacts: str | None = None,
+    trigger: str = "cli",
+) -> dict[str, Any]:
+    """The run's identity and settings. ``run_date`` is the logical date D; features are computed as
+    of ``as_of``, the end of the data interval [D, D+1) unless given."""
+    d = _date(run_date)
+    if as_of is None:
+        end = dt.datetime.combine(d + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
+    elif isinstance(as_of, str):
+        end = dt.datetime.fromisoformat(as_of)
+    else:
+        end = as_of
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=dt.timezone.utc)
+    spec = load_spec(spec_path)
+    k = int(n_segments or spec.model.get("n_segments", 8))
+    if k < 2:
+        raise PipelineError(f"n_segments must be at least 2, not {k}")
+    from segmentation.artifacts import open_store
+
+    store = open_store(artifacts)
+    return {
+        # one id per run date: a rerun of D replaces D's run record, and its rows are identical
+        "run_id": f"{spec.name}-{d.isoformat()}",
+        "run_date": d.isoformat(),
+        "as_of": end.astimezone(dt.timezone.utc).isoformat(),
+        "spec_path": spec.path,
+        "n_segments": k,
+        "full_retrain": bool(full_retrain),
+        "artifacts": str(store.root),
+        "trigger": trigger,
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+
+
+def _spec(run: dict[str, Any]) -> Spec:
+    return load_spec(run["spec_path"])
+
+
+def _store(run: dict[str, Any]):
+    from segmentation.artifacts import open_store
+
+    return open_store(run["artifacts"])
+
+
+def _as_of(run: dict[str, Any]) -> dt.datetime:
+    return dt.datetime.fromisoformat(run["as_of"])
+
+
+def _run_dir(run: dict[str, Any]) -> Path:
+    return _store(run).run_dir(run["run_date"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. extract
+# ---------------------------------------------------------------------------------------------
+def extract(url: str, run: dict[str, Any]) -> dict[str, Any]:
+    """Check that every source table exists and count its rows; the counts feed validation's
+    row-count band. (The sources stay in the warehouse: dbt reads them there.)"""
+    from segmentation.warehouse import connect
+
+    spec = _spec(run)
+    counts: dict[str, int] = {}
+    with connect(url) as wh:
+        for name, rel in spec.sources.items():
+            if not wh.table_exists(rel.schema, rel.table):
+                raise PipelineError(
+                    f"source table {rel.qualified} ({name}) does not exist in {wh}; load your CRM data there "
+                    "or point the spec's sources at your tables (for the demo: `segment demo init`)"
+                )
+            counts[rel.qualified] = int(wh.query(f"SELECT count(*) AS n FROM {wh.qualified(rel.schema, rel.table)}").column("n")[0].as_py())
+    log.info("extract: sources present: %s", ", ".join(f"{k} ({v:,} rows)" for k, v in counts.items()))
+    return {"row_counts": counts}
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. features
+# ---------------------------------------------------------------------------------------------
+def features(url: str, run: dict[str, Any]) -> dict[str, Any]:
+    """Build the features with dbt as of the interval end and snapshot them to Parquet in the run's
+    folder, so training and scoring read exactly the same rows."""
+    import pyarrow.parquet as pq
+
+    from segmentation.features import build_features
+    from segmentation.warehouse import connect
+
+    spec = _spec(run)
+    relation = build_features(url, _as_of(run), spec)
+    rel = spec.features_relation
+    with connect(url) as wh:
+        table = wh.query(f"SELECT * FROM {wh.qualified(rel.schema, rel.table)} ORDER BY {wh.ident(spec.entity_key)}")
+    path = _run_dir(run) / "features.parquet"
+    pq.write_table(table, path)
+    log.info("features: %s has %d rows; snapshot %s", relation, table.num_rows, path)
+    return {"relation": relation, "rows": table.num_rows, "snapshot": str(path)}
+
+
+def _read_features(run: dict[str, Any]):
+    import pyarrow.parquet as pq
+
+    path = _run_dir(run) / "features.parquet"
+    if not path.exists():
+        raise PipelineError(f"features snapshot {path} is missing: run the features step first")
+    return pq.read_table(path).to_pandas()
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. validate
+# ---------------------------------------------------------------------------------------------
+def _previous_row_counts(run: dict[str, Any]) -> dict[str, int] | None:
+    runs = Path(run["artifacts"]) / "runs"
+    if not runs.is_dir():
+        return None
+    earlier = sorted(p.name for p in runs.iterdir() if p.name < run["run_date"] and (p / "row_counts.json").exists())
+    if not earlier:
+        return None
+    return json.loads((runs / earlier[-1] / "row_counts.json").read_text())
+
+
+def validate(url: str, run: dict[str, Any], extracted: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Great Expectations on the raw tables and on the features. An error-severity failure raises
+    ``ValidationFailed`` (the run stops before training; published tables are untouched)."""
+    from validation import validate_features, validate_raw
+
+    spec = _spec(run)
+    out = _run_dir(run)
+    raw = validate_raw(url, spec, as_of=_as_of(run), previous_row_counts=_previous_row_counts(run), out_dir=out)
+    log.info("validation of raw tables: %s\n%s", raw.status, raw.summary())
+    reference = _production_reference(run)
+    feats = validate_features(url, spec, as_of=_as_of(run), reference=reference, out_dir=out)
+    log.info("validation of features: %s\n%s", feats.status, feats.summary())
+    result = {
+        "status": "failed" if "failed" in (raw.status, feats.status) else
+                  "warning" if "warning" in (raw.status, feats.status) else "passed",
+        "raw": raw.to_dict(),
+        "features": feats.to_dict(),
+        "drift_detected": bool(feats.to_dict().get("drift_detected", False)),
+    }
+    (out / "validation.json").write_text(json.dumps(result, indent=2, default=str))
+    raw.raise_if_failed()
+    feats.raise_if_failed()
+    # only a run whose inputs passed sets the band for the next night
+    (out / "row_counts.json").write_text(json.dumps(raw.row_counts))
+    return {"status": result["status"], "drift_detected": result["drift_detected"], "path": str(out / "validation.json")}
+
+
+def _production_reference(run: dict[str, Any]) -> dict | None:
+    store = _store(run)
+    version = store.production_as_of(_date(run["run_date"]))
+    if not version:
+        return None
+    path = store.model_dir(version) / "reference.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. train (or refresh)
+# ---------------------------------------------------------------------------------------------
+def _model_settings(spec: Spec, run: dict[str, Any]) -> dict[str, Any]:
+    settings = {k: v for k, v in spec.model.items() if k in _MODEL_KEYS}
+    settings["n_segments"] = run["n_segments"]
+    if "hidden" in settings:
+        settings["hidden"] = tuple(settings["hidden"])
+    settings.setdefault("device", os.environ.get("SEGMENT_DEVICE", "auto"))
+    return settings
+
+
+def _gate(model, n_rows: int) -> list[str]:
+    """Reasons not to promote a model (empty: promote)."""
+    problems = []
+    losses = [r.get("loss") for r in model.history_]
+    if not losses or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in losses):
+        problems.append("training loss is not finite")
+    usage = model.metrics_.get("usage", {})
+    shares = usage.get("shares", [])
+    if any(s == 0 for s in shares):
+        problems.append(f"empty segment(s): {usage.get('empty')}")
+    elif shares and min(shares) < MIN_SEGMENT_SHARE:
+        problems.append(f"a segment holds under {MIN_SEGMENT_SHARE:.1%} of customers")
+    if shares and max(shares) > MAX_DOMINANT_SHARE:
+        problems.append(f"one segment holds {max(shares):.0%} of customers")
+    return problems
+
+
+def _save_model(model, store, run: dict[str, Any], info: dict[str, Any], df) -> str:
+    """Save into the registry under a content-addressed version (same weights, same version)."""
+    tmp = store.root / "models" / f".tmp-{os.getpid()}-{time.time_ns()}"
+    model.save(str(tmp), extra={"run_date": run["run_date"], "spec": _spec(run).name, **info})
+    digest = hashlib.sha256((tmp / "weights.safetensors").read_bytes()).hexdigest()[:10]
+    version = f"{run['run_date'].replace('-', '')}-{digest}"
+    final = store.model_dir(version)
+    if final.exists():
+        shutil.rmtree(tmp)
+    else:
+        _write_reference(tmp, df, _spec(run))
+        os.replace(tmp, final)
+    return version
+
+
+def _write_reference(model_dir: Path, df, spec: Spec) -> None:
+    """The training distribution of each feature, kept with the model for drift checks."""
+    try:
+        from validation import feature_reference
+    except ImportError:  # pragma: no cover - validation is part of the package
+        return
+    (model_dir / "reference.json").write_text(json.dumps(feature_reference(df, spec), default=str))
+
+
+def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train a model for the run, or reuse / refresh one, and decide whether to promote it.
+
+    - reuse: a model was already trained for this run date (a rerun): score with it again, so a
+      rerun gives identical rows;
+    - refresh: warm-start from the model in production for this date and fine-tune a few epochs;
+    - retrain: from scratch, when there is no production model, on a manual ``full_retrain``, when
+      validation saw drift, when the production lineage is a week old, or when K changed.
+    """
+    from segmentation import ConcreteGMVAE
+
+    spec = _spec(run)
+    store = _store(run)
+    df = _read_features(run)
+    settings = _model_settings(spec, run)
+    run_date = _date(run["run_date"])
+    base = store.production_as_of(run_date)
+
+    earlier = _model_trained_for(store, run)
+    if earlier and not run["full_retrain"]:
+        log.info("train: reusing %s, already trained for %s (a rerun)", earlier["version"], run["run_date"])
+        return {"model_version": earlier["version"], "mode": "reuse", "reason": "model already trained for this date",
+                "promoted": earlier.get("promoted", False), "base_version": earlier.get("base_version"),
+                "scoring_version": earlier.get("scoring_version") or earlier["version"], "gate": earlier.get("gate", [])}
+
+    mode, reason = "retrain", ""
+    base_model = None
+    if run["full_retrain"]:
+        reason = "full retrain requested"
+    elif not base:
+        reason = "no model in production yet"
+    elif validated and validated.get("drift_detected"):
+        reason = "feature drift against the production model's training data"
+    else:
+        base_model = ConcreteGMVAE.load(str(store.model_dir(base)), device=settings["device"])
+        lineage_start = base_model.metadata_.get("run", {}).get("lineage_start", base_model.metadata_.get("run", {}).get("run_date"))
+        if base_model.n_segments != run["n_segments"]:
+            reason, base_model = f"n_segments changed ({base_model.n_segments} -> {run['n_segments']})", None
+        elif set(base_model.feature_types_.items()) != set(spec.feature_types.items()):
+            reason, base_model = "the feature spec changed", None
+        elif lineage_start and (run_date - _date(lineage_start)).days >= RETRAIN_EVERY_DAYS:
+            reason, base_model = f"weekly retrain (lineage started {lineage_start})", None
+        else:
+            mode, reason = "refresh", f"warm start from {base}"
+    started = time.perf_counter()
+    log.info("train: %s (%s) on %d customers, K=%d", mode, reason, len(df), run["n_segments"])
+    if base_model is not None:
+        model = base_model.set_params(warm_start=True, epochs=REFRESH_EPOCHS, patience=REFRESH_EPOCHS)
+        lineage_start = base_model.metadata_.get("run", {}).get("lineage_start") or base_model.metadata_.get("run", {}).get("run_date")
+        model.fit(df, table_name=spec.features_relation.qualified)
+    else:
+        lineage_start = run["run_date"]
+        model = ConcreteGMVAE(progress=None, **settings)
+        model.fit(df, feature_types=spec.feature_types, table_name=spec.features_relation.qualified)
+    seconds = time.perf_counter() - started
+    problems = _gate(model, len(df))
+    promoted = not problems
+    scoring_version = None
+    info = {"mode": mode, "reason": reason, "base_version": base, "n_segments": run["n_segments"],
+            "lineage_start": lineage_start, "promoted": promoted, "gate": problems, "train_seconds": seconds}
+    version = _save_model(model, store, run, info, df)
+    if promoted:
+        store.promote(version, run_date, reason=f"{mode}: {reason}")
+        scoring_version = version
+        log.info("train: %s promoted to production (%.1f s)", version, seconds)
+    else:
+        if not base:
+            raise PipelineError(
+                f"model {version} failed the promotion gate ({'; '.join(problems)}) and there is no production "
+                "model to fall back on; try another n_segments or check the features"
+            )
+        scoring_version = base
+        log.warning("train: %s NOT promoted (%s); scoring with production model %s (run degraded)",
+                    version, "; ".join(problems), base)
+    _update_model_run_info(store, version, {"scoring_version": scoring_version})
+    return {"model_version": version, "mode": mode, "reason": reason, "promoted": promoted, "base_version": base,
+            "scoring_version": scoring_version, "gate": problems, "train_seconds": round(seconds, 2),
+            "epochs_run": model.metrics_.get("epochs_run")}
+
+
+def _model_trained_for(store, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The model an earlier attempt trained for this run date (the last saved, if several)."""
+    same = [m for m in store.models()
+            if m.get("run_date") == run["run_date"] and m.get("n_segments") == run["n_segments"]
+            and m.get("spec") == _spec(run).name and m.get("scoring_version")]
+    if not same:
+        return None
+    return max(same, key=lambda m: (store.model_dir(m["version"]) / "metadata.json").stat().st_mtime)
+
+
+def _update_model_run_info(store, version: str, extra: dict[str, Any]) -> None:
+    p = store.model_dir(version) / "metadata.json"
+    meta = json.loads(p.read_text())
+    meta.setdefault("run", {}).update(extra)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. score (+ 6. match)
+# ---------------------------------------------------------------------------------------------
+def _previous_assignments(url: str, run: dict[str, Any]):
+    """Published assignments of the latest successful run before this date, and every id issued."""
+    from segmentation.publish import ASSIGNMENTS, RUNS, SEGMENTS
+    from segmentation.warehouse import connect
+
+    schema = _spec(run).output_schema
+    with connect(url) as wh:
+        if not (wh.table_exists(schema, RUNS) and wh.table_exists(schema, ASSIGNMENTS)):
+            return None, []
+        prev = wh.query(
+            f"SELECT customer_id, segment_id FROM {wh.qualified(schema, ASSIGNMENTS)} WHERE run_date = "
+            f"(SELECT max(run_date) FROM {wh.qualified(schema, RUNS)} WHERE status = 'success' AND run_date < ?)",
+            [_date(run["run_date"])],
+        ).to_pandas()
+        issued = wh.query(f"SELECT segment_id FROM {wh.qualified(schema, SEGMENTS)}").column("segment_id").to_pylist() \
+            if wh.table_exists(schema, SEGMENTS) else []
+    return (prev if len(prev) else None), issued
+
+
+def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
+    """Assign every customer (segment, its probability, runner-up), with ids matched to the previous
+    run's, and write the assignments to the run's folder."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from segmentation import ConcreteGMVAE
+    from segmentation.matching import match_segments
+
+    spec = _spec(run)
+    store = _store(run)
+    version = trained["scoring_version"]
+    model = ConcreteGMVAE.load(str(store.model_dir(version)))
+    df = _read_features(run)
+    proba = model.predict_proba(df)
+    order = np.argsort(-proba, axis=1)
+    top, second = order[:, 0], order[:, 1]
+    ids = df[spec.entity_key].astype(str).to_numpy()
+    previous, issued = _previous_assignments(url, run)
+    mapping, stability = match_segments(ids, top, model.n_segments, previous, issued)
+    seg = np.array([mapping[int(k)] for k in top])
+    runner = np.array([mapping[int(k)] for k in second])
+    table = pa.table({
+        "customer_id": pa.array(ids, pa.string()),
+        "segment_id": pa.array(seg, pa.int64()),
+        "segment_probability": pa.array(proba[np.arange(len(top)), top].astype("float64")),
+        "runner_up_segment_id": pa.array(runner, pa.int64()),
+    })
+    path = _run_dir(run) / "assignments.parquet"
+    pq.write_table(table, path)
+    (_run_dir(run) / "segment_mapping.json").write_text(json.dumps({str(k): v for k, v in mapping.items()}))
+    if stability.get("common_customers"):
+        log.info("score: %d customers; %.1f%% moved segment since the previous run (ARI %.3f)",
+                 len(ids), 100 * stability["moved_share"], stability["ari_vs_previous"])
+    else:
+        log.info("score: %d customers (first run: no previous segments to match)", len(ids))
+    return {"assignments": str(path), "n_customers": int(len(ids)), "model_version": version, "stability": stability}
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. publish (+ profiles)
+# ---------------------------------------------------------------------------------------------
+def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict[str, Any],
+            validated: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Profile the segments, check the outputs, and publish everything in one transaction."""
+    import pyarrow.parquet as pq
+
+    from segmentation.profiles import profile_segments, profiles_tables
+    from segmentation.publish import publish_run
+    from segmentation.warehouse import connect
+    from validation import validate_outputs
+
+    spec = _spec(run)
+    df = _read_features(run)
+    assignments = pq.read_table(scored["assignments"])
+    seg_ids = assignments.column("segment_id").to_numpy()
+    profiles = profile_segments(df, seg_ids, spec)
+    (_run_dir(run) / "profiles.json").write_text(json.dumps(profiles, indent=2))
+    segments_tbl, profiles_tbl = profiles_tables(profiles)
+    outputs = validate_outputs(assignments, customer_ids=df[spec.entity_key].astype(str).tolist(),
+                               n_segments_known=[p["segment_id"] for p in profiles], out_dir=_run_dir(run))
+    outputs.raise_if_failed()
+    finished = dt.datetime.now(dt.timezone.utc)
+    degraded = not trained.get("promoted", True)
+    message = "ok" if not degraded else f"degraded: new model {trained['model_version']} not promoted " \
+        f"({'; '.join(trained.get('gate', []))}); scored with {trained['scoring_version']}"
+    record = {
+        "status": "success",
+        "started_at": dt.datetime.fromisoformat(run["started_at"]),
+        "finished_at": finished,
+        "n_segments": len(profiles),
+        "n_customers": assignments.num_rows,
+        "metrics": {"segments": {str(p["segment_id"]): {"size": p["size"], "label": p["label"]} for p in profiles}},
+        "validation": {"status": (validated or {}).get("status"), "drift_detected": (validated or {}).get("drift_detected"),
+                       "outputs": outputs.status},
+        "stability": scored.get("stability", {}),
+        "training": {k: trained.get(k) for k in ("model_version", "mode", "reason", "promoted", "base_version",
+                                                  "scoring_version", "gate", "train_seconds", "epochs_run")}
+                    | {"trigger": run.get("trigger")},
+        "message": message,
+    }
+    with connect(url) as wh:
+        publish_run(wh, schema=spec.output_schema, run_date=_date(run["run_date"]), run_id=run["run_id"],
+                    model_version=scored["model_version"], assignments=assignments, segments=segments_tbl,
+                    profiles=profiles_tbl, run_record=record)
+    log.info("publish: %d customers in %d segments written to %s (run %s)", assignments.num_rows, len(profiles),
+             spec.output_schema, run["run_id"])
+    return {
+        "schema": spec.output_schema,
+        "run_id": run["run_id"],
+        "n_customers": assignments.num_rows,
+        "segments": [{"segment_id": p["segment_id"], "label": p["label"], "size": p["size"], "share": round(p["share"], 4)}
+                     for p in profiles],
+        "degraded": degraded,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# failure record and the whole chain
+# ---------------------------------------------------------------------------------------------
+def record_failure(url: str, run: dict[str, Any], step: str, error: str) -> str:
+    """Record a failed run without touching the published tables; returns its run id.
+
+    A failed attempt gets its own run id (the date plus a timestamp): it must never replace the
+    record of an earlier successful run of the same date, which would move the current view."""
+    from segmentation.publish import record_run
+    from segmentation.warehouse import connect
+
+    spec = _spec(run)
+    now = dt.datetime.now(dt.timezone.utc)
+    run_id = f"{run['run_id']}-failed-{now:%Y%m%dT%H%M%S}"
+    record = {
+        "status": "failed",
+        "started_at": dt.datetime.fromisoformat(run["started_at"]),
+        "finished_at": now,
+        "training": {"trigger": run.get("trigger"), "failed_step": step},
+        "message": f"{step}: {error}"[:4000],
+    }
+    try:
+        with connect(url) as wh:
+            record_run(wh, schema=spec.output_schema, run_id=run_id, run_date=_date(run["run_date"]), run_record=record)
+    except Exception as exc:  # recording must not hide the original failure
+        log.error("could not record the failed run %s: %s", run_id, exc)
+    return run_id
+
+
+def run_all(url: str | None, run_date: dt.date | str, **options: Any) -> dict[str, Any]:
+    """Run every step for ``run_date``; on failure record the failed run and re-raise."""
+    from segmentation.warehouse import default_url
+
+    url = url or default_url()
+    run = start_run(run_date, **options)
+    step = "extract"
+    try:
+        extracted = extract(url, run)
+        step = "features"
+        features(url, run)
+        step = "validate"
+        validated = validate(url, run, extracted)
+        step = "train"
+        trained = train(url, run, validated)
+        step = "score"
+        scored = score(url, run, trained)
+        step = "publish"
+        published = publish(url, run, trained, scored, validated)
+    except Exception as exc:
+        record_failure(url, run, step, str(exc))
+        raise
+    return {"run": run, "training": trained, "stability": scored.get("stability", {}), **published}
