@@ -1,0 +1,125 @@
+"""Nightly customer segmentation (Airflow 3): a thin wiring of ``segmentation.pipeline``.
+
+extract -> features (dbt) -> validate (Great Expectations) -> train or refresh -> score -> publish
+
+Each task calls one library function with the warehouse URL (resolved inside the task from the
+``segment_warehouse`` Connection or $SEGMENT_WAREHOUSE_URL) and passes only small references
+through XCom. Heavy imports (torch, dbt, Great Expectations) happen inside the tasks.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk import Asset, BaseHook, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+SEGMENT_TABLES = Asset(name="segment_assignments_current", uri="x-segmentation://segments/segment_assignments_current")
+
+
+def _url() -> str:
+    from segmentation.orchestration import resolve_warehouse_url
+
+    return resolve_warehouse_url(BaseHook.get_connection)
+
+
+def _record_failure(context) -> None:
+    """on_failure_callback (final failure only, not retries): record the failed run, tables untouched."""
+    from segmentation.pipeline import record_failure
+
+    run = context["ti"].xcom_pull(task_ids="start")
+    if run:
+        record_failure(_url(), run, context["ti"].task_id, str(context.get("exception") or "task failed"))
+
+
+@dag(
+    dag_id="customer_segmentation",
+    description="Nightly customer segments with a Concrete GMVAE, published to the warehouse",
+    # [D, D+1) data intervals: the run at D+1 00:00 UTC covers day D (not the zero-width cron default)
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+    # early enough for the demo data (2010-12 .. 2011-12); catchup is off, so no backlog is scheduled
+    start_date=dt.datetime(2010, 12, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    tags=["segmentation", "ml", "warehouse"],
+    default_args={
+        "owner": "data-team",
+        "retries": int(os.environ.get("SEGMENT_TASK_RETRIES", "2")),
+        "retry_delay": dt.timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(hours=1),
+        "on_failure_callback": _record_failure,
+    },
+    params={
+        "as_of_date": Param(None, type=["null", "string"], format="date",
+                            description="Manual runs: segment as of the end of this day (YYYY-MM-DD)"),
+        "n_segments": Param(None, type=["null", "integer"], minimum=2, maximum=500,
+                            description="Number of segments (default: the spec's)"),
+        "full_retrain": Param(False, type="boolean", description="Train from scratch instead of refreshing"),
+    },
+    doc_md=__doc__,
+)
+def customer_segmentation():
+    @task
+    def start() -> dict:
+        from segmentation.orchestration import run_window
+        from segmentation.pipeline import start_run
+
+        ctx = get_current_context()
+        params = ctx["params"]
+        run_date, as_of = run_window(params, ctx.get("data_interval_start"), ctx.get("data_interval_end"))
+        return start_run(run_date, as_of=as_of, spec_path=os.environ.get("SEGMENT_SPEC"),
+                         n_segments=params.get("n_segments"), full_retrain=bool(params.get("full_retrain")),
+                         trigger=f"airflow:{ctx['run_id']}")
+
+    @task
+    def extract(run: dict) -> dict:
+        from segmentation import pipeline
+
+        return pipeline.extract(_url(), run)
+
+    @task
+    def features(run: dict, extracted: dict) -> dict:
+        from segmentation import pipeline
+
+        return pipeline.features(_url(), run)
+
+    @task
+    def validate(run: dict, extracted: dict, built: dict) -> dict:
+        from segmentation import pipeline
+        from validation import ValidationFailed
+
+        try:
+            return pipeline.validate(_url(), run, extracted)
+        except ValidationFailed as exc:  # bad data does not fix itself on retry
+            raise AirflowFailException(f"validation failed, nothing trained or published:\n{exc}") from exc
+
+    @task
+    def train(run: dict, validated: dict) -> dict:
+        from segmentation import pipeline
+
+        return pipeline.train(_url(), run, validated)
+
+    @task
+    def score(run: dict, trained: dict) -> dict:
+        from segmentation import pipeline
+
+        return pipeline.score(_url(), run, trained)
+
+    @task(outlets=[SEGMENT_TABLES])
+    def publish(run: dict, trained: dict, scored: dict, validated: dict) -> dict:
+        from segmentation import pipeline
+
+        return pipeline.publish(_url(), run, trained, scored, validated)
+
+    run = start()
+    extracted = extract(run)
+    built = features(run, extracted)
+    validated = validate(run, extracted, built)
+    trained = train(run, validated)
+    scored = score(run, trained)
+    publish(run, trained, scored, validated)
+
+
+customer_segmentation()
