@@ -152,9 +152,10 @@ class Runner:
     """One ephemeral GX context for one validation stage: one pandas datasource, one dataframe asset
     per table, one suite and validation definition per table."""
 
-    def __init__(self, stage: str, *, partial_count: int = 5) -> None:
+    def __init__(self, stage: str, *, partial_count: int = 5, partial_rows: int = 50) -> None:
         self.stage = stage
         self.partial_count = partial_count
+        self.partial_rows = partial_rows  # offending rows GX returns; their ids are deduplicated to partial_count
         self.gx, self.gxe = import_gx()
         from great_expectations.data_context.types.base import (
             DataContextConfig,
@@ -196,7 +197,7 @@ class Runner:
             )
             result_format: dict[str, Any] = {
                 "result_format": "SUMMARY",
-                "partial_unexpected_count": self.partial_count,
+                "partial_unexpected_count": self.partial_rows,
                 "return_unexpected_index_query": False,
             }
             # Not "unexpected_index_column_names": GX then reads the id of every offending row one

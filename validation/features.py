@@ -24,7 +24,7 @@ from validation._common import (
 from validation._gx import Planned, check_dict
 from validation.drift import DEFAULT_PSI_THRESHOLD, NULL_LEVEL, _column, feature_psi
 from validation.raw import _finish
-from validation.result import ValidationResult, fmt_value
+from validation.result import ValidationResult, fmt_value, rows_text
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def validate_features(
         Planned(gxe.ExpectTableRowCountToBeBetween(min_value=min_rows), table, None, "row_count", "error",
                 f">= {min_rows}",
                 f"row count >= {min_rows}" + (" (the model's n_segments)" if min_rows > 1 else ""),
-                lambda r, df: (r.get("observed_value"), f"{fmt_value(r.get('observed_value'))} rows")),
+                lambda r, df: (r.get("observed_value"), rows_text(r.get("observed_value")))),
     ]
     expected_cols = [key, *spec.feature_names]
     present = data.column_names

@@ -23,7 +23,7 @@ from validation._common import (
     utc_naive,
 )
 from validation._gx import Planned, check_dict
-from validation.result import ValidationResult, fmt_value
+from validation.result import ValidationResult, fmt_value, rows_text
 from validation.rules import SourceRules, all_source_rules, describe_where, row_condition
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def validate_raw(
             min_rows = max(1, src.min_rows if src else 1)
             planned.append(Planned(gxe.ExpectTableRowCountToBeBetween(min_value=min_rows), table, None, "row_count",
                                    "error", f">= {min_rows}", f"row count >= {min_rows}",
-                                   lambda r, df: (r.get("observed_value"), f"{fmt_value(r.get('observed_value'))} rows")))
+                                   lambda r, df: (r.get("observed_value"), rows_text(r.get("observed_value")))))
             prev = _previous(previous_row_counts, table, name)
             if prev is not None:
                 lo = int(math.floor(prev * (1 - row_count_band)))

@@ -72,9 +72,9 @@ def fmt_value(value: Any) -> str:
             return "NaN"
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
-        if v == int(v) and abs(v) < 1e15:
+        if v == int(v) and abs(v) < 1e7:
             return str(int(v))
-        if abs(v) >= 1e6 or abs(v) < 1e-3:
+        if abs(v) >= 1e7 or abs(v) < 1e-3:
             return f"{v:.4g}"
         return f"{v:.4f}".rstrip("0").rstrip(".")
     if hasattr(value, "isoformat"):
@@ -84,6 +84,11 @@ def fmt_value(value: Any) -> str:
         shown = ", ".join(fmt_value(v) for v in list(value)[:8])
         return f"[{shown}{', ...' if len(value) > 8 else ''}]"
     return str(value)
+
+
+def rows_text(n: Any) -> str:
+    """3 -> '3 rows', 1 -> '1 row'."""
+    return f"{fmt_value(n)} row{'' if n == 1 else 's'}"
 
 
 class ValidationFailed(RuntimeError):
