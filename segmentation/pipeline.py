@@ -37,7 +37,10 @@ _MODEL_KEYS = (
     "epochs", "batch_size", "learning_rate", "patience", "validation_fraction", "min_level_count", "seed",
     "device", "n_threads", "bf16",
 )
-REFRESH_EPOCHS = 10          # fine-tuning epochs of a nightly refresh
+REFRESH_EPOCHS = 5           # fine-tuning epochs of a nightly refresh
+REFRESH_LEARNING_RATE = 3e-4  # gentler than training: a refresh adapts, it must not reshuffle
+KEEP_MARGIN = 0.02           # production still fits when its ELBO on tonight's data is within 2% of training's
+ELBO_MARGIN = 0.02           # promotion gate: a new model's ELBO may be at most 2% worse than production's
 RETRAIN_EVERY_DAYS = 7       # a refreshed lineage is retrained from scratch weekly
 MAX_DOMINANT_SHARE = 0.8     # promotion gate: no segment may hold more of the customers
 MIN_SEGMENT_SHARE = 0.002    # promotion gate: nor may one be (almost) empty
@@ -320,10 +323,23 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
             reason, base_model = f"weekly retrain (lineage started {lineage_start})", None
         else:
             mode, reason = "refresh", f"warm start from {base}"
+    base_score = None
+    if base_model is not None:
+        # A model that still explains tonight's customers as well as its training data is kept as
+        # it is: no training, and every customer keeps the segment the same model gives them.
+        base_score = float(base_model.score(df))
+        trained_score = base_model.metadata_.get("run", {}).get("train_score")
+        if trained_score is not None and base_score >= trained_score - KEEP_MARGIN * abs(trained_score):
+            log.info("train: keeping production model %s: its ELBO on tonight's data %.3f is within %.0f%% of "
+                     "its training ELBO %.3f", base, base_score, 100 * KEEP_MARGIN, trained_score)
+            return {"model_version": base, "mode": "keep", "reason": "production model still fits tonight's data",
+                    "promoted": True, "base_version": base, "scoring_version": base, "gate": [],
+                    "train_seconds": 0.0, "epochs_run": 0}
     started = time.perf_counter()
     log.info("train: %s (%s) on %d customers, K=%d", mode, reason, len(df), run["n_segments"])
     if base_model is not None:
-        model = base_model.set_params(warm_start=True, epochs=REFRESH_EPOCHS, patience=REFRESH_EPOCHS)
+        model = base_model.set_params(warm_start=True, epochs=REFRESH_EPOCHS, patience=REFRESH_EPOCHS,
+                                      learning_rate=REFRESH_LEARNING_RATE)
         lineage_start = base_model.metadata_.get("run", {}).get("lineage_start") or base_model.metadata_.get("run", {}).get("run_date")
         model.fit(df, table_name=spec.features_relation.qualified)
     else:
@@ -331,11 +347,18 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
         model = ConcreteGMVAE(progress=None, **settings)
         model.fit(df, feature_types=spec.feature_types, table_name=spec.features_relation.qualified)
     seconds = time.perf_counter() - started
+    score_now = float(model.score(df))
     problems = _gate(model, len(df))
+    if base:
+        if base_score is None and _compatible(store, base, spec, run):
+            base_score = float(ConcreteGMVAE.load(str(store.model_dir(base))).score(df))
+        if base_score is not None and score_now < base_score - ELBO_MARGIN * abs(base_score):
+            problems.append(f"ELBO {score_now:.3f} is worse than production's {base_score:.3f} by more than {ELBO_MARGIN:.0%}")
     promoted = not problems
     scoring_version = None
     info = {"mode": mode, "reason": reason, "base_version": base, "n_segments": run["n_segments"],
-            "lineage_start": lineage_start, "promoted": promoted, "gate": problems, "train_seconds": seconds}
+            "lineage_start": lineage_start, "promoted": promoted, "gate": problems, "train_seconds": seconds,
+            "train_score": score_now, "production_score": base_score}
     version = _save_model(model, store, run, info, df)
     if promoted:
         store.promote(version, run_date, reason=f"{mode}: {reason}")
@@ -354,6 +377,12 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     return {"model_version": version, "mode": mode, "reason": reason, "promoted": promoted, "base_version": base,
             "scoring_version": scoring_version, "gate": problems, "train_seconds": round(seconds, 2),
             "epochs_run": model.metrics_.get("epochs_run")}
+
+
+def _compatible(store, version: str, spec: Spec, run: dict[str, Any]) -> bool:
+    """Whether a stored model can score tonight's features (same features and types, same K)."""
+    meta = json.loads((store.model_dir(version) / "metadata.json").read_text())
+    return meta.get("feature_types") == spec.feature_types and meta["config"]["n_segments"] == run["n_segments"]
 
 
 def _model_trained_for(store, run: dict[str, Any]) -> dict[str, Any] | None:

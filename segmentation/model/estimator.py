@@ -189,6 +189,8 @@ class ConcreteGMVAE:
         data = pre.transform(df)
         n = data["x"].shape[0]
         cfg = self._train_config()
+        if refresh:
+            cfg.epoch_offset = max((int(r["epoch"]) for r in getattr(self, "history_", [])), default=0)
         t0 = time.perf_counter()
         with _threads(self.n_threads):
             torch.manual_seed(int(self.seed))

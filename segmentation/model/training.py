@@ -54,6 +54,9 @@ class TrainConfig:
     device: torch.device = torch.device("cpu")
     bf16: bool = False
     progress: bool | None = None  # None: a bar when stderr is a terminal, else one log line per epoch
+    # epochs already trained (a warm-started refresh): the schedules continue where they ended
+    # instead of restarting at w=0, tau=tau_start, which would undo the learnt segments
+    epoch_offset: int = 0
 
 
 def batch_to(batch: dict[str, torch.Tensor], idx: torch.Tensor | slice, device: torch.device) -> dict[str, torch.Tensor]:
@@ -115,7 +118,7 @@ def train(
     sched = cfg.schedules
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
-        tau, w = sched.tau(epoch), sched.kl_weight(epoch)
+        tau, w = sched.tau(epoch + cfg.epoch_offset), sched.kl_weight(epoch + cfg.epoch_offset)
         perm = torch.randperm(n, generator=generator)
         sums = {"loss": 0.0, "rec": 0.0, "kl_z": 0.0, "kl_y": 0.0}
         steps = 0
@@ -142,7 +145,7 @@ def train(
             steps += 1
         seconds = time.perf_counter() - t0
         row: dict[str, Any] = {k: v / n for k, v in sums.items()}
-        row.update(epoch=epoch + 1, tau=tau, kl_weight=w, steps=steps, seconds=seconds)
+        row.update(epoch=epoch + 1 + cfg.epoch_offset, tau=tau, kl_weight=w, steps=steps, seconds=seconds)
         if val_data is not None and val_data["x"].shape[0]:
             val = evaluate_loss(net, cfg, val_data, tau=tau)
             if not math.isfinite(val):
@@ -150,7 +153,7 @@ def train(
             row["val_loss"] = val
             if w >= 1.0 and epoch + 1 >= cfg.min_epochs:
                 if val < best_val - 1e-4 * abs(best_val if math.isfinite(best_val) else 1.0):
-                    best_val, best_epoch, bad_epochs = val, epoch + 1, 0
+                    best_val, best_epoch, bad_epochs = val, epoch + 1 + cfg.epoch_offset, 0
                     best_state = copy.deepcopy(net.state_dict())
                 else:
                     bad_epochs += 1
