@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -164,6 +163,7 @@ def features(url: str, run: dict[str, Any]) -> dict[str, Any]:
         table = wh.query(f"SELECT * FROM {wh.qualified(rel.schema, rel.table)} ORDER BY {wh.ident(spec.entity_key)}")
     path = _run_dir(run) / "features.parquet"
     pq.write_table(table, path)
+    _store(run).put_run_file(run["run_date"], path)
     log.info("features: %s has %d rows; snapshot %s", relation, table.num_rows, path)
     return {"relation": relation, "rows": table.num_rows, "snapshot": str(path)}
 
@@ -171,9 +171,10 @@ def features(url: str, run: dict[str, Any]) -> dict[str, Any]:
 def _read_features(run: dict[str, Any]):
     import pyarrow.parquet as pq
 
-    path = _run_dir(run) / "features.parquet"
-    if not path.exists():
-        raise PipelineError(f"features snapshot {path} is missing: run the features step first")
+    path = _store(run).run_file(run["run_date"], "features.parquet")
+    if path is None:
+        raise PipelineError(f"the features snapshot of {run['run_date']} is missing from {_store(run)}: "
+                            "run the features step first")
     return pq.read_table(path).to_pandas()
 
 
@@ -181,13 +182,13 @@ def _read_features(run: dict[str, Any]):
 # 3. validate
 # ---------------------------------------------------------------------------------------------
 def _previous_row_counts(run: dict[str, Any]) -> dict[str, int] | None:
-    runs = Path(run["artifacts"]) / "runs"
-    if not runs.is_dir():
-        return None
-    earlier = sorted(p.name for p in runs.iterdir() if p.name < run["run_date"] and (p / "row_counts.json").exists())
-    if not earlier:
-        return None
-    return json.loads((runs / earlier[-1] / "row_counts.json").read_text())
+    """Row counts of the latest earlier run whose inputs passed validation."""
+    store = _store(run)
+    for d in reversed([d for d in store.run_dates() if d < run["run_date"]]):
+        path = store.run_file(d, "row_counts.json")
+        if path is not None:
+            return json.loads(path.read_text())
+    return None
 
 
 def validate(url: str, run: dict[str, Any], extracted: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -210,10 +211,14 @@ def validate(url: str, run: dict[str, Any], extracted: dict[str, Any] | None = N
         "drift_detected": bool(feats.to_dict().get("drift_detected", False)),
     }
     (out / "validation.json").write_text(json.dumps(result, indent=2, default=str))
+    store = _store(run)
+    for f in out.glob("validation*"):
+        store.put_run_file(run["run_date"], f)
     raw.raise_if_failed()
     feats.raise_if_failed()
     # only a run whose inputs passed sets the band for the next night
     (out / "row_counts.json").write_text(json.dumps(raw.row_counts))
+    store.put_run_file(run["run_date"], out / "row_counts.json")
     return {"status": result["status"], "drift_detected": result["drift_detected"], "path": str(out / "validation.json")}
 
 
@@ -222,8 +227,12 @@ def _production_reference(run: dict[str, Any]) -> dict | None:
     version = store.production_as_of(_date(run["run_date"]))
     if not version:
         return None
-    path = store.model_dir(version) / "reference.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    try:
+        path = store.model_dir(version) / "reference.json"
+        return json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError) as exc:
+        log.warning("validate: no drift reference for %s (%s)", version, exc)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,16 +266,12 @@ def _gate(model, n_rows: int) -> list[str]:
 
 def _save_model(model, store, run: dict[str, Any], info: dict[str, Any], df) -> str:
     """Save into the registry under a content-addressed version (same weights, same version)."""
-    tmp = store.root / "models" / f".tmp-{os.getpid()}-{time.time_ns()}"
+    tmp = store.new_model_dir()
     model.save(str(tmp), extra={"run_date": run["run_date"], "spec": _spec(run).name, **info})
     digest = hashlib.sha256((tmp / "weights.safetensors").read_bytes()).hexdigest()[:10]
     version = f"{run['run_date'].replace('-', '')}-{digest}"
-    final = store.model_dir(version)
-    if final.exists():
-        shutil.rmtree(tmp)
-    else:
-        _write_reference(tmp, df, _spec(run))
-        os.replace(tmp, final)
+    _write_reference(tmp, df, _spec(run))
+    store.add_model(version, tmp)
     return version
 
 
@@ -289,6 +294,7 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
       validation saw drift, when the production lineage is a week old, or when K changed.
     """
     from segmentation import ConcreteGMVAE
+    from segmentation.model.artifact import ArtifactError
 
     spec = _spec(run)
     store = _store(run)
@@ -300,9 +306,10 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     earlier = _model_trained_for(store, run)
     if earlier and not run["full_retrain"]:
         log.info("train: reusing %s, already trained for %s (a rerun)", earlier["version"], run["run_date"])
+        scoring = earlier.get("scoring_version")
         return {"model_version": earlier["version"], "mode": "reuse", "reason": "model already trained for this date",
                 "promoted": earlier.get("promoted", False), "base_version": earlier.get("base_version"),
-                "scoring_version": earlier.get("scoring_version") or earlier["version"], "gate": earlier.get("gate", [])}
+                "scoring_version": earlier["version"] if scoring == "self" else scoring, "gate": earlier.get("gate", [])}
 
     mode, reason = "retrain", ""
     base_model = None
@@ -313,7 +320,12 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     elif validated and validated.get("drift_detected"):
         reason = "feature drift against the production model's training data"
     else:
-        base_model = ConcreteGMVAE.load(str(store.model_dir(base)), device=settings["device"])
+        try:
+            base_model = ConcreteGMVAE.load(str(store.model_dir(base)), device=settings["device"])
+        except ArtifactError as exc:
+            log.error("train: the production model %s cannot be loaded (%s); retraining from scratch", base, exc)
+            reason, base_model = f"production model {base} unreadable: {exc}", None
+    if base_model is not None:
         lineage_start = base_model.metadata_.get("run", {}).get("lineage_start", base_model.metadata_.get("run", {}).get("run_date"))
         if base_model.n_segments != run["n_segments"]:
             reason, base_model = f"n_segments changed ({base_model.n_segments} -> {run['n_segments']})", None
@@ -356,27 +368,41 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
             problems.append(f"ELBO {score_now:.3f} is worse than production's {base_score:.3f} by more than {ELBO_MARGIN:.0%}")
     promoted = not problems
     scoring_version = None
+    fallback = base if base and _loadable(store, base) else None
     info = {"mode": mode, "reason": reason, "base_version": base, "n_segments": run["n_segments"],
             "lineage_start": lineage_start, "promoted": promoted, "gate": problems, "train_seconds": seconds,
-            "train_score": score_now, "production_score": base_score}
+            "train_score": score_now, "production_score": base_score,
+            # "self" when promoted; else the production model the run scored with instead
+            "scoring_version": "self" if promoted else fallback}
     version = _save_model(model, store, run, info, df)
     if promoted:
         store.promote(version, run_date, reason=f"{mode}: {reason}")
         scoring_version = version
         log.info("train: %s promoted to production (%.1f s)", version, seconds)
     else:
-        if not base:
+        if not fallback:
             raise PipelineError(
-                f"model {version} failed the promotion gate ({'; '.join(problems)}) and there is no production "
+                f"model {version} failed the promotion gate ({'; '.join(problems)}) and there is no usable production "
                 "model to fall back on; try another n_segments or check the features"
             )
-        scoring_version = base
+        scoring_version = fallback
         log.warning("train: %s NOT promoted (%s); scoring with production model %s (run degraded)",
-                    version, "; ".join(problems), base)
-    _update_model_run_info(store, version, {"scoring_version": scoring_version})
+                    version, "; ".join(problems), fallback)
     return {"model_version": version, "mode": mode, "reason": reason, "promoted": promoted, "base_version": base,
             "scoring_version": scoring_version, "gate": problems, "train_seconds": round(seconds, 2),
             "epochs_run": model.metrics_.get("epochs_run")}
+
+
+def _loadable(store, version: str) -> bool:
+    from segmentation import ConcreteGMVAE
+    from segmentation.model.artifact import ArtifactError
+
+    try:
+        ConcreteGMVAE.load(str(store.model_dir(version)))
+        return True
+    except ArtifactError as exc:
+        log.error("artifacts: model %s cannot be loaded: %s", version, exc)
+        return False
 
 
 def _compatible(store, version: str, spec: Spec, run: dict[str, Any]) -> bool:
@@ -392,37 +418,33 @@ def _model_trained_for(store, run: dict[str, Any]) -> dict[str, Any] | None:
             and m.get("spec") == _spec(run).name and m.get("scoring_version")]
     if not same:
         return None
-    return max(same, key=lambda m: (store.model_dir(m["version"]) / "metadata.json").stat().st_mtime)
-
-
-def _update_model_run_info(store, version: str, extra: dict[str, Any]) -> None:
-    p = store.model_dir(version) / "metadata.json"
-    meta = json.loads(p.read_text())
-    meta.setdefault("run", {}).update(extra)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, p)
+    return max(same, key=lambda m: m.get("saved_at", ""))
 
 
 # ---------------------------------------------------------------------------------------------
 # 5. score (+ 6. match)
 # ---------------------------------------------------------------------------------------------
 def _previous_assignments(url: str, run: dict[str, Any]):
-    """Published assignments of the latest successful run before this date, and every id issued."""
+    """Published assignments of the latest successful run before this date, and every id issued
+    before this run: ids first issued by an earlier attempt of this same date are not counted, so
+    a rerun of D gives its new clusters the same ids again (identical rows) instead of retiring
+    D's ids and issuing fresh ones."""
     from segmentation.publish import ASSIGNMENTS, RUNS, SEGMENTS
     from segmentation.warehouse import connect
 
     schema = _spec(run).output_schema
+    run_date = _date(run["run_date"])
     with connect(url) as wh:
         if not (wh.table_exists(schema, RUNS) and wh.table_exists(schema, ASSIGNMENTS)):
             return None, []
         prev = wh.query(
             f"SELECT customer_id, segment_id FROM {wh.qualified(schema, ASSIGNMENTS)} WHERE run_date = "
             f"(SELECT max(run_date) FROM {wh.qualified(schema, RUNS)} WHERE status = 'success' AND run_date < ?)",
-            [_date(run["run_date"])],
+            [run_date],
         ).to_pandas()
-        issued = wh.query(f"SELECT segment_id FROM {wh.qualified(schema, SEGMENTS)}").column("segment_id").to_pylist() \
-            if wh.table_exists(schema, SEGMENTS) else []
+        issued = wh.query(
+            f"SELECT segment_id FROM {wh.qualified(schema, SEGMENTS)} WHERE first_run_date <> ?", [run_date]
+        ).column("segment_id").to_pylist() if wh.table_exists(schema, SEGMENTS) else []
     return (prev if len(prev) else None), issued
 
 
@@ -458,6 +480,8 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
     path = _run_dir(run) / "assignments.parquet"
     pq.write_table(table, path)
     (_run_dir(run) / "segment_mapping.json").write_text(json.dumps({str(k): v for k, v in mapping.items()}))
+    for name in ("assignments.parquet", "segment_mapping.json"):
+        store.put_run_file(run["run_date"], _run_dir(run) / name)
     if stability.get("common_customers"):
         log.info("score: %d customers; %.1f%% moved segment since the previous run (ARI %.3f)",
                  len(ids), 100 * stability["moved_share"], stability["ari_vs_previous"])
@@ -481,10 +505,11 @@ def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict
 
     spec = _spec(run)
     df = _read_features(run)
-    assignments = pq.read_table(scored["assignments"])
+    assignments = pq.read_table(_store(run).run_file(run["run_date"], "assignments.parquet"))
     seg_ids = assignments.column("segment_id").to_numpy()
     profiles = profile_segments(df, seg_ids, spec)
     (_run_dir(run) / "profiles.json").write_text(json.dumps(profiles, indent=2))
+    _store(run).put_run_file(run["run_date"], _run_dir(run) / "profiles.json")
     segments_tbl, profiles_tbl = profiles_tables(profiles)
     outputs = validate_outputs(assignments, customer_ids=df[spec.entity_key].astype(str).tolist(),
                                n_segments_known=[p["segment_id"] for p in profiles], out_dir=_run_dir(run))

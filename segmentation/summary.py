@@ -42,7 +42,7 @@ def summary_text(url: str | None, schema: str = "segments") -> str:
         f"  {schema}.{RUNS:<28} one row per run: status, model, validation, stability",
         "",
         "Try:",
-        f"  SELECT s.label, count(*) AS customers, avg(c.segment_probability) AS confidence",
+        "  SELECT s.label, count(*) AS customers, avg(c.segment_probability) AS confidence",
         f"  FROM {schema}.{CURRENT_VIEW} c JOIN {schema}.{SEGMENTS} s USING (segment_id)",
         "  GROUP BY s.label ORDER BY customers DESC;",
     ]

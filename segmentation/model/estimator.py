@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from typing import Any, Iterator
 
@@ -19,7 +18,7 @@ import torch
 from segmentation.model import artifact
 from segmentation.model.evaluation import label_metrics, segment_usage
 from segmentation.model.network import GMVAENetwork
-from segmentation.model.preprocessing import DataError, Layout, TablePreprocessor, _as_frame, infer_feature_types
+from segmentation.model.preprocessing import TablePreprocessor, _as_frame, infer_feature_types
 from segmentation.model.training import Schedules, TrainConfig, batch_to, compute_loss, train
 
 log = logging.getLogger(__name__)
