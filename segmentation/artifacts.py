@@ -257,6 +257,7 @@ class S3ArtifactStore(ArtifactStore):
             Bucket=self.bucket, Prefix=self._key(f"models/{version}/")) for o in page.get("Contents", [])]
         if not keys:
             return local  # absent: the loader raises a clear "does not exist"
+        self.cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.cache, prefix=".dl-"))
         for k in keys:
             self.s3.download_file(self.bucket, k, str(tmp / k.rsplit("/", 1)[-1]))
