@@ -87,9 +87,7 @@ def for_pandas(table: pa.Table) -> Any:
         if pa.types.is_decimal(t):
             col = col.cast(pa.float64())
         elif pa.types.is_timestamp(t):
-            if t.tz is None:
-                col = col.cast(pa.timestamp(t.unit, tz="UTC"))
-            elif t.tz != "UTC":
+            if t.tz is None or t.tz != "UTC":
                 col = col.cast(pa.timestamp(t.unit, tz="UTC"))
         elif pa.types.is_date(t):
             col = col.cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
@@ -105,7 +103,7 @@ def utc_naive(value: dt.datetime | dt.date) -> dt.datetime:
     """``value`` as a naive UTC datetime (aware -> converted; naive -> taken as UTC; date -> midnight)."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None and value.utcoffset() is not None:
-            return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            return value.astimezone(dt.UTC).replace(tzinfo=None)
         return value
     if isinstance(value, dt.date):
         return dt.datetime.combine(value, dt.time())
@@ -113,7 +111,7 @@ def utc_naive(value: dt.datetime | dt.date) -> dt.datetime:
 
 
 def utc_aware(value: dt.datetime | dt.date) -> dt.datetime:
-    return utc_naive(value).replace(tzinfo=dt.timezone.utc)
+    return utc_naive(value).replace(tzinfo=dt.UTC)
 
 
 def pct(share: float) -> str:
@@ -151,3 +149,16 @@ def nan_mask(col: pa.ChunkedArray) -> pa.ChunkedArray | None:
     if not pa.types.is_floating(col.type):
         return None
     return pc.fill_null(pc.is_nan(col), False)
+
+
+def missing_hint(column: str, unexpected: list[str], what: str) -> str:
+    """'missing' plus a hint: a likely rename among ``unexpected`` columns, or the list of them."""
+    import difflib
+
+    close = difflib.get_close_matches(column, unexpected, n=2, cutoff=0.6)
+    if close:
+        return f"missing (renamed? {what}: {', '.join(close)})"
+    if unexpected:
+        shown = ", ".join(unexpected[:8]) + (", ..." if len(unexpected) > 8 else "")
+        return f"missing; {what}: {shown}"
+    return "missing"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -234,7 +235,7 @@ class Runner:
             if ids and positions:
                 for row in df[ids].iloc[positions].itertuples(index=False):
                     vals = list(row)
-                    if all(v is None or v != v for v in vals):  # null id: nothing to show
+                    if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in vals):  # null id
                         continue
                     examples.append("/".join(fmt_value(v) for v in vals))
             examples = list(dict.fromkeys(examples))[: self.partial_count]
@@ -275,6 +276,21 @@ class Runner:
         _prune_static(target)
         index = target / "index.html"
         return str(index) if index.exists() else None
+
+
+def finish(res: Any, runner: Runner | None, out_dir: str | Path | None) -> None:
+    """Record the GX version and, with ``out_dir``, write the evidence: GX Data Docs (when a suite
+    ran), ``validation_<stage>.json`` and ``validation_<stage>.html``."""
+    res.context["great_expectations"] = gx_version() if runner is not None else None
+    if out_dir is None:
+        return
+    if runner is not None:
+        started = time.perf_counter()
+        index = runner.build_data_docs(out_dir)
+        res.timings["data_docs_s"] = time.perf_counter() - started
+        if index:
+            res.evidence["data_docs"] = index
+    res.write(out_dir)
 
 
 def _prune_static(site: Path) -> None:

@@ -16,14 +16,14 @@ from validation._common import (
     describe_type,
     example_ids,
     for_pandas,
+    missing_hint,
     nan_mask,
     pct,
     type_compatible,
     utc_naive,
 )
-from validation._gx import Planned, check_dict
-from validation.drift import DEFAULT_PSI_THRESHOLD, NULL_LEVEL, _column, feature_psi
-from validation.raw import _finish
+from validation._gx import Planned, check_dict, finish
+from validation.drift import DEFAULT_PSI_THRESHOLD, NULL_LEVEL, feature_psi
 from validation.result import ValidationResult, fmt_value, rows_text
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def validate_features(
     already hold the rows.
     """
     started = time.perf_counter()
-    started_at = dt.datetime.now(dt.timezone.utc)
+    started_at = dt.datetime.now(dt.UTC)
     relation = spec.features_relation
     table = relation.qualified
     key = spec.entity_key
@@ -98,7 +98,7 @@ def validate_features(
                     observed_text=f"no table or view {table} in {wh.safe_url}",
                 ))
                 res.duration_s = time.perf_counter() - started
-                _finish(res, None, out_dir)
+                finish(res, None, out_dir)
                 return res
             data = wh.query(f"select * from {wh.qualified(relation.schema, relation.table)}")
         finally:
@@ -122,7 +122,7 @@ def validate_features(
     extra = [c for c in present if c not in expected_cols]
     res.checks.append(check_dict(
         stage="features", table=table, column=None, check="columns", severity="error", success=not extra,
-        observed=extra, expected=expected_cols, label="only the spec's columns",
+        observed=extra or None, expected=expected_cols, label="only the spec's columns",
         observed_text=f"column(s) not in the spec: {', '.join(extra)}" if extra else None,
     ))
     ids = [key] if key in present else []
@@ -158,7 +158,7 @@ def validate_features(
             n_nan = int(pc.sum(nan).as_py() or 0)
             res.checks.append(check_dict(
                 stage="features", table=table, column=f.name, check="not_nan", severity=sev, success=n_nan == 0,
-                observed=n_nan, expected=0, label="no NaN", observed_text=f"NaN on {n_nan} rows",
+                observed=n_nan, expected=0, label="no NaN", observed_text=f"NaN on {n_nan} rows" if n_nan else "none",
                 unexpected_count=n_nan, examples=example_ids(data, nan, ids) if n_nan else [],
             ))
         numeric = want == "number"
@@ -198,18 +198,17 @@ def validate_features(
     res.checks += checks + drift_checks
     res.duration_s = time.perf_counter() - started
     res.timings = timings
-    _finish(res, runner, out_dir)
+    finish(res, runner, out_dir)
     log.info("%s", res.summary())
     return res
 
 
 def _exists(res: ValidationResult, table: str, column: str, present: list[str], extra: list[str]) -> bool:
     ok = column in present
-    hint = f"; columns not in the spec: {', '.join(extra)}" if extra and not ok else ""
     res.checks.append(check_dict(
         stage="features", table=table, column=column, check="exists", severity="error", success=ok,
         observed=None if ok else "missing", expected="column exists", label="column exists",
-        observed_text=None if ok else f"missing{hint}",
+        observed_text=None if ok else missing_hint(column, extra, "columns not in the spec"),
     ))
     return ok
 
@@ -246,7 +245,7 @@ def _drift(
             label=f"row count within ±{DEFAULT_REFERENCE_ROW_BAND:.0%} of the reference's {ref_rows}",
             observed_text=f"{n} rows",
         ))
-    for name, f in usable.items():
+    for name in usable:
         ref = ref_features.get(name)
         if ref is None:
             checks.append(check_dict(
@@ -256,8 +255,7 @@ def _drift(
             ))
             res.drift_detected = True
             continue
-        x = _column(data, name)
-        value, detail = feature_psi(ref, x)
+        value, detail = feature_psi(ref, data, name)
         res.drift[name] = round(value, 6)
         ok = value <= threshold
         text = f"PSI {value:.3f}"
@@ -290,7 +288,7 @@ def _drift(
                 "outlier_range", "warning", [lo, hi],
                 f"within {fmt_value(outlier_factor)}x the reference range [{fmt_value(ref['min'])}, "
                 f"{fmt_value(ref['max'])}]",
-                lambda r, df, col=name: _outliers(r, df, col, lo, hi),
+                lambda r, df, col=name, lo=lo, hi=hi: _outliers(r, df, col, lo, hi),
             ))
     res.drift_detected = res.drift_detected or any(v > threshold for v in res.drift.values())
     res.context["drift_features"] = sorted(k for k, v in res.drift.items() if v > threshold)

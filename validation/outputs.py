@@ -12,8 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from validation._common import example_ids, for_pandas
-from validation._gx import Planned, check_dict
-from validation.raw import _finish
+from validation._gx import Planned, check_dict, finish
 from validation.result import ValidationResult, fmt_value
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def validate_outputs(
     number of customers.
     """
     started = time.perf_counter()
-    res = ValidationResult(stage="outputs", started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    res = ValidationResult(stage="outputs", started_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                            context={"table": table, "known_segments": sorted(int(s) for s in n_segments_known)})
     if not isinstance(assignments, pa.Table):
         raise TypeError(f"validate_outputs expects a pyarrow.Table, got {type(assignments).__name__}")
@@ -121,7 +120,7 @@ def validate_outputs(
     res.timings = {"gx_s": time.perf_counter() - t}
     res.checks = checks + res.checks
     res.duration_s = time.perf_counter() - started
-    _finish(res, runner, out_dir)
+    finish(res, runner, out_dir)
     log.info("%s", res.summary())
     return res
 

@@ -17,14 +17,20 @@ from validation._common import (
     describe_type,
     example_ids,
     for_pandas,
+    missing_hint,
     nan_mask,
     type_compatible,
     utc_aware,
     utc_naive,
 )
-from validation._gx import Planned, check_dict
+from validation._gx import Planned, check_dict, finish
 from validation.result import ValidationResult, fmt_value, rows_text
-from validation.rules import SourceRules, all_source_rules, describe_where, row_condition
+from validation.rules import (
+    SourceRules,
+    all_source_rules,
+    describe_where,
+    row_condition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,7 @@ def validate_raw(
     ``res.row_counts`` maps each table (``raw.transactions``) to its rows, for tomorrow's band.
     """
     started = time.perf_counter()
-    started_at = dt.datetime.now(dt.timezone.utc)
+    started_at = dt.datetime.now(dt.UTC)
     as_of_naive = utc_naive(as_of)
     now_naive = utc_naive(now) if now is not None else started_at.replace(tzinfo=None)
     parsed = all_source_rules(rules)
@@ -121,8 +127,8 @@ def validate_raw(
                                    lambda r, df: (r.get("observed_value"), rows_text(r.get("observed_value")))))
             prev = _previous(previous_row_counts, table, name)
             if prev is not None:
-                lo = int(math.floor(prev * (1 - row_count_band)))
-                hi = int(math.ceil(prev * (1 + row_count_band)))
+                lo = math.floor(prev * (1 - row_count_band))
+                hi = math.ceil(prev * (1 + row_count_band))
                 planned.append(Planned(
                     gxe.ExpectTableRowCountToBeBetween(min_value=lo, max_value=hi), table, None, "row_count_band",
                     "error", [lo, hi], f"row count within ±{row_count_band:.0%} of last run's {prev}",
@@ -146,23 +152,9 @@ def validate_raw(
 
     res.duration_s = time.perf_counter() - started
     res.timings = timings
-    _finish(res, runner, out_dir)
+    finish(res, runner, out_dir)
     log.info("%s", res.summary())
     return res
-
-
-def _finish(res: ValidationResult, runner: Any, out_dir: str | Path | None) -> None:
-    from validation._gx import gx_version
-
-    res.context["great_expectations"] = gx_version() if runner is not None else None
-    if out_dir is not None:
-        if runner is not None:
-            t = time.perf_counter()
-            index = runner.build_data_docs(out_dir)
-            res.timings["data_docs_s"] = time.perf_counter() - t
-            if index:
-                res.evidence["data_docs"] = index
-        res.write(out_dir)
 
 
 def _previous(previous: Mapping[str, int] | None, table: str, name: str) -> int | None:
@@ -210,11 +202,10 @@ def _source_checks(
     extra = [c for c in present if c not in src.columns]
     for column, rule in src.columns.items():
         if column not in present:
-            hint = f"; columns not in the rules: {', '.join(extra)}" if extra else ""
             res.checks.append(check_dict(
                 stage="raw", table=table, column=column, check="exists", severity="error", success=False,
                 observed="missing", expected="column exists", label="column exists",
-                observed_text=f"missing{hint}",
+                observed_text=missing_hint(column, extra, "columns not in the rules"),
             ))
             continue
         res.checks.append(check_dict(
@@ -237,7 +228,7 @@ def _source_checks(
             res.checks.append(check_dict(
                 stage="raw", table=table, column=column, check="not_nan", severity=rule.severity,
                 success=n_nan == 0, observed=n_nan, expected=0, label="no NaN",
-                observed_text=f"NaN on {n_nan} rows", unexpected_count=n_nan,
+                observed_text=f"NaN on {n_nan} rows" if n_nan else "none", unexpected_count=n_nan,
                 examples=example_ids(data, nan, list(src.id_columns)) if n_nan else [],
             ))
         not_after = None

@@ -23,7 +23,8 @@ The spec (``segmentation/spec.py``) declares where the sources live (``sources: 
         },
     }
 
-Column keys: ``type`` (required); ``max_null_share`` (default 0: no nulls; 1: any number of nulls);
+Column keys: ``type`` (required); ``max_null_share`` (default 0: no nulls; 1: any number of nulls,
+but not all; ``nullable: true`` is short for 1);
 ``unique``; ``min`` / ``max``; ``allowed`` / ``forbidden`` (value lists); ``regex``; ``max_future``
 (timestamps only: the latest value allowed relative to wall-clock now, e.g. "2h", "1d"; default the
 ``future_tolerance`` of ``validate_raw``, one day); ``severity`` (error, default, or warning: the
