@@ -201,14 +201,15 @@ def validate(url: str, run: dict[str, Any], extracted: dict[str, Any] | None = N
     raw = validate_raw(url, spec, as_of=_as_of(run), previous_row_counts=_previous_row_counts(run), out_dir=out)
     log.info("validation of raw tables: %s\n%s", raw.status, raw.summary())
     reference = _production_reference(run)
-    feats = validate_features(url, spec, as_of=_as_of(run), reference=reference, out_dir=out)
+    feats = validate_features(url, spec, as_of=_as_of(run), reference=reference, out_dir=out,
+                              min_rows=run["n_segments"])
     log.info("validation of features: %s\n%s", feats.status, feats.summary())
     result = {
         "status": "failed" if "failed" in (raw.status, feats.status) else
                   "warning" if "warning" in (raw.status, feats.status) else "passed",
         "raw": raw.to_dict(),
         "features": feats.to_dict(),
-        "drift_detected": bool(feats.to_dict().get("drift_detected", False)),
+        "drift_detected": bool(feats.drift_detected),
     }
     (out / "validation.json").write_text(json.dumps(result, indent=2, default=str))
     store = _store(run)
