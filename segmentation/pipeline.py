@@ -40,6 +40,9 @@ REFRESH_EPOCHS = 5           # fine-tuning epochs of a nightly refresh
 REFRESH_LEARNING_RATE = 3e-4  # gentler than training: a refresh adapts, it must not reshuffle
 KEEP_MARGIN = 0.02           # production still fits when its ELBO on tonight's data is within 2% of training's
 ELBO_MARGIN = 0.02           # promotion gate: a new model's ELBO may be at most 2% worse than production's
+# A scheduled retrain reshuffles segments (a fresh model finds its own clusters): it replaces the
+# production model only when it explains tonight's customers clearly better.
+SCHEDULED_RETRAIN_MIN_GAIN = 0.01
 RETRAIN_EVERY_DAYS = 7       # a refreshed lineage is retrained from scratch weekly
 MAX_DOMINANT_SHARE = 0.8     # promotion gate: no segment may hold more of the customers
 MIN_SEGMENT_SHARE = 0.002    # promotion gate: nor may one be (almost) empty
@@ -327,13 +330,13 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
             log.error("train: the production model %s cannot be loaded (%s); retraining from scratch", base, exc)
             reason, base_model = f"production model {base} unreadable: {exc}", None
     if base_model is not None:
-        lineage_start = base_model.metadata_.get("run", {}).get("lineage_start", base_model.metadata_.get("run", {}).get("run_date"))
+        last_retrain = _last_retrain_date(store, spec, run_date)
         if base_model.n_segments != run["n_segments"]:
             reason, base_model = f"n_segments changed ({base_model.n_segments} -> {run['n_segments']})", None
         elif set(base_model.feature_types_.items()) != set(spec.feature_types.items()):
             reason, base_model = "the feature spec changed", None
-        elif lineage_start and (run_date - _date(lineage_start)).days >= RETRAIN_EVERY_DAYS:
-            reason, base_model = f"weekly retrain (lineage started {lineage_start})", None
+        elif last_retrain and (run_date - last_retrain).days >= RETRAIN_EVERY_DAYS:
+            reason, base_model = f"weekly retrain (last retrain {last_retrain})", None
         else:
             mode, reason = "refresh", f"warm start from {base}"
     base_score = None
@@ -370,16 +373,25 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     promoted = not problems
     scoring_version = None
     fallback = base if base and _loadable(store, base) else None
+    kept_reason = None
+    if promoted and reason.startswith("weekly") and base_score is not None and fallback \
+            and score_now < base_score + SCHEDULED_RETRAIN_MIN_GAIN * abs(base_score):
+        promoted = False
+        kept_reason = (f"scheduled retrain not promoted: ELBO {score_now:.3f} is not {SCHEDULED_RETRAIN_MIN_GAIN:.0%} better "
+                       f"than production's {base_score:.3f}; segments stay as they are")
+        log.info("train: %s", kept_reason)
     info = {"mode": mode, "reason": reason, "base_version": base, "n_segments": run["n_segments"],
             "lineage_start": lineage_start, "promoted": promoted, "gate": problems, "train_seconds": seconds,
             "train_score": score_now, "production_score": base_score,
             # "self" when promoted; else the production model the run scored with instead
-            "scoring_version": "self" if promoted else fallback}
+            "scoring_version": "self" if promoted else fallback, "kept_reason": kept_reason}
     version = _save_model(model, store, run, info, df)
     if promoted:
         store.promote(version, run_date, reason=f"{mode}: {reason}")
         scoring_version = version
         log.info("train: %s promoted to production (%.1f s)", version, seconds)
+    elif kept_reason:
+        scoring_version = fallback
     else:
         if not fallback:
             raise PipelineError(
@@ -389,9 +401,18 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
         scoring_version = fallback
         log.warning("train: %s NOT promoted (%s); scoring with production model %s (run degraded)",
                     version, "; ".join(problems), fallback)
+    if kept_reason:
+        reason = f"{reason}; {kept_reason}"
     return {"model_version": version, "mode": mode, "reason": reason, "promoted": promoted, "base_version": base,
             "scoring_version": scoring_version, "gate": problems, "train_seconds": round(seconds, 2),
             "epochs_run": model.metrics_.get("epochs_run")}
+
+
+def _last_retrain_date(store, spec: Spec, run_date: dt.date) -> dt.date | None:
+    """The latest earlier night that trained from scratch (promoted or not): the weekly clock."""
+    dates = [m["run_date"] for m in store.models()
+             if m.get("mode") == "retrain" and m.get("spec") == spec.name and m.get("run_date", "9999") < str(run_date)]
+    return _date(max(dates)) if dates else None
 
 
 def _loadable(store, version: str) -> bool:
@@ -516,7 +537,8 @@ def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict
                                n_segments_known=[p["segment_id"] for p in profiles], out_dir=_run_dir(run))
     outputs.raise_if_failed()
     finished = dt.datetime.now(dt.timezone.utc)
-    degraded = not trained.get("promoted", True)
+    # degraded: a new model failed the gate (not: a scheduled retrain that was simply not better)
+    degraded = bool(trained.get("gate"))
     message = "ok" if not degraded else f"degraded: new model {trained['model_version']} not promoted " \
         f"({'; '.join(trained.get('gate', []))}); scored with {trained['scoring_version']}"
     record = {
