@@ -1,6 +1,6 @@
 """Nightly customer segmentation (Airflow 3): a thin wiring of ``segmentation.pipeline``.
 
-extract -> features (dbt) -> validate (Great Expectations) -> train or refresh -> score -> publish
+extract -> features (dbt) -> validate (Great Expectations) -> train or refresh -> score -> publish -> report
 
 Each task calls one library function with the warehouse URL (resolved inside the task from the
 ``segment_warehouse`` Connection or $SEGMENT_WAREHOUSE_URL) and passes only small references
@@ -113,13 +113,20 @@ def customer_segmentation():
 
         return pipeline.publish(_url(), run, trained, scored, validated)
 
+    @task
+    def report(run: dict, published: dict) -> dict:
+        from segmentation import pipeline
+
+        return pipeline.report(_url(), run)
+
     run = start()
     extracted = extract(run)
     built = features(run, extracted)
     validated = validate(run, extracted, built)
     trained = train(run, validated)
     scored = score(run, trained)
-    publish(run, trained, scored, validated)
+    published = publish(run, trained, scored, validated)
+    report(run, published)
 
 
 customer_segmentation()

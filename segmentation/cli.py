@@ -139,6 +139,8 @@ def _print_run(result: dict[str, Any], seconds: float) -> None:
           f"({seconds:.0f} s; model {t['scoring_version']}, {t['mode']}: {t['reason']})")
     for s in result["segments"]:
         print(f"  segment {s['segment_id']:>3}  {s['size']:>7,} ({s['share']:6.1%})  {s['label']}")
+    if result.get("report"):
+        print(f"  report: {result['report']}")
     st = result.get("stability") or {}
     if st.get("common_customers"):
         print(f"  stability: {st['moved_share']:.1%} of customers changed segment since the previous run")
@@ -156,6 +158,15 @@ def cmd_demo_init(args: argparse.Namespace) -> int:
     counts = init_demo_warehouse(url, replace=not args.keep)
     print(f"demo warehouse {redact_url(url)}: raw.transactions {counts['transactions']:,} lines "
           f"({counts['guest_lines']:,} guest), raw.customers {counts['customers']:,}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from segmentation.report import build_report_for_date
+
+    path = build_report_for_date(args.warehouse, args.date, artifacts=args.artifacts, spec_path=args.config,
+                                 out_path=args.out)
+    print(f"report written to {path}")
     return 0
 
 
@@ -256,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_warehouse(d)
     d.add_argument("--keep", action="store_true", help="do nothing if the demo tables already exist")
     d.set_defaults(func=cmd_demo_init)
+
+    # report
+    p = sub.add_parser("report", formatter_class=fmt, help="write the HTML segment report of a run",
+                       description="Write the self-contained HTML report of the run of DATE (segments, what sets "
+                                   "each apart, charts, changes since the previous run, validation).")
+    p.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the run date")
+    _add_warehouse(p)
+    p.add_argument("--config", metavar="SPEC.yaml", default=None, help="feature spec (default: the demo spec)")
+    p.add_argument("--artifacts", metavar="DIR", default=None, help="artifact store (default $SEGMENT_ARTIFACTS)")
+    p.add_argument("--out", metavar="FILE.html", default=None,
+                   help="write here instead of into the run's folder in the artifact store")
+    p.set_defaults(func=cmd_report)
 
     # summary
     p = sub.add_parser("summary", formatter_class=fmt, help="print the published segments and a query to try")

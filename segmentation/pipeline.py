@@ -573,6 +573,18 @@ def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict
 
 
 # ---------------------------------------------------------------------------------------------
+# 8. report
+# ---------------------------------------------------------------------------------------------
+def report(url: str, run: dict[str, Any]) -> dict[str, Any]:
+    """The HTML segment report of the run, saved with the run's artifacts."""
+    from segmentation.report import build_report
+
+    path = build_report(url, run)
+    log.info("report: %s", path)
+    return {"report": str(path)}
+
+
+# ---------------------------------------------------------------------------------------------
 # failure record and the whole chain
 # ---------------------------------------------------------------------------------------------
 def record_failure(url: str, run: dict[str, Any], step: str, error: str) -> str:
@@ -623,4 +635,9 @@ def run_all(url: str | None, run_date: dt.date | str, **options: Any) -> dict[st
     except Exception as exc:
         record_failure(url, run, step, str(exc))
         raise
-    return {"run": run, "training": trained, "stability": scored.get("stability", {}), **published}
+    try:  # the segments are published: a report that cannot be drawn must not fail the run
+        reported = report(url, run)
+    except Exception as exc:
+        log.error("report: could not build the report: %s", exc)
+        reported = {"report": None}
+    return {"run": run, "training": trained, "stability": scored.get("stability", {}), **published, **reported}

@@ -32,6 +32,14 @@ def summary_text(url: str | None, schema: str = "segments") -> str:
     ]
     for s in sizes:
         lines.append(f"  segment {s['segment_id']:>3}  {s['customers']:>7,}  {s['customers'] / total:6.1%}  {s['label']}")
+    try:
+        from segmentation.artifacts import open_store
+
+        report = open_store().run_file(r["run_date"], "report.html")
+    except Exception:  # the summary is a convenience: never fail on the report's whereabouts
+        report = None
+    if report:
+        lines += ["", f"Segment report (open in a browser): {report}"]
     lines += [
         "",
         "Tables written:",
