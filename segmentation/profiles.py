@@ -19,6 +19,7 @@ from segmentation.spec import Spec
 MIN_EFFECT = 0.5      # |effect| below this does not go into a label
 MIN_CATEGORY_SHARE = 0.5
 MIN_CATEGORY_LIFT = 1.5
+MAX_LABEL_CORRELATION = 0.6  # a trait that says the same as one already in the label is skipped
 
 
 def _scale(values: pd.Series, ftype: str) -> pd.Series:
@@ -84,16 +85,26 @@ def profile_segments(features: pd.DataFrame, segment_ids: np.ndarray, spec: Spec
             "distinctive": [{"feature": k, "effect": _round(e)} for k, e in effects[:5]],
             "_effects": effects,
         })
-    _label_all(spec, out)
+    numeric = [f for f in spec.features if f.type != "categorical"]
+    scaled = pd.DataFrame({f.name: _scale(features[f.name], f.type) for f in numeric})
+    corr = scaled.corr(method="spearman") if len(numeric) > 1 else None
+    _label_all(spec, out, corr)
     return out
 
 
-def _trait_words(spec: Spec, effects: list[tuple[str, float]], feats: dict[str, Any]) -> list[str]:
-    """Words for the segment's traits, most distinctive first."""
-    words = []
+def _trait_words(spec: Spec, effects: list[tuple[str, float]], feats: dict[str, Any],
+                 corr: pd.DataFrame | None = None) -> list[str]:
+    """Words for the segment's traits, most distinctive first, skipping a feature strongly correlated
+    with one already used ("lapsed" and "spending less lately" say the same thing twice)."""
+    words: list[str] = []
+    used: list[str] = []
     for name, eff in effects:
         if abs(eff) < MIN_EFFECT:
             continue
+        if corr is not None and any(abs(corr.at[name, u]) > MAX_LABEL_CORRELATION for u in used
+                                    if name in corr.index and u in corr.index):
+            continue
+        used.append(name)
         f = spec.feature(name)
         words.append((f.high_label if eff > 0 else f.low_label) or f"{'high' if eff > 0 else 'low'} {name.replace('_', ' ')}")
     return words
@@ -115,10 +126,10 @@ def _compose(words: list[str]) -> str:
     return text[0].upper() + text[1:]
 
 
-def _label_all(spec: Spec, profiles: list[dict[str, Any]]) -> None:
+def _label_all(spec: Spec, profiles: list[dict[str, Any]], corr: pd.DataFrame | None = None) -> None:
     """Two traits (plus a dominant category) per label; where two segments would read the same
     (same words in any order), each gets further traits until they differ, else the id."""
-    traits = {p["segment_id"]: _trait_words(spec, p["_effects"], p["features"]) for p in profiles}
+    traits = {p["segment_id"]: _trait_words(spec, p["_effects"], p["features"], corr) for p in profiles}
     cats = {p["segment_id"]: _category_words(spec, p["features"]) for p in profiles}
     n_words = {sid: 2 for sid in traits}
     for _ in range(4):
