@@ -40,6 +40,12 @@ def url_from_connection(conn: Any) -> str:
     )
 
 
+def _not_found(exc: BaseException) -> bool:
+    """Airflow's "conn_id isn't defined" (``AirflowNotFoundException``, from ``airflow.exceptions``
+    or the task SDK), or a plain lookup miss (``KeyError``) from another getter."""
+    return isinstance(exc, LookupError) or any(c.__name__ == "AirflowNotFoundException" for c in type(exc).__mro__)
+
+
 def resolve_warehouse_url(get_connection=None) -> str:
     """Connection ``$SEGMENT_WAREHOUSE_CONN_ID`` (default ``segment_warehouse``) if it exists, else the
     environment / default URL (``segmentation.warehouse.default_url``)."""
@@ -49,7 +55,12 @@ def resolve_warehouse_url(get_connection=None) -> str:
     if get_connection is not None:
         try:
             conn = get_connection(conn_id)
-        except Exception:  # the Connection is optional: not defined -> environment
+        except Exception as exc:
+            # The Connection is optional: not defined -> environment. Any other failure (a secrets
+            # backend down, a malformed definition) must fail the task: falling back would send the
+            # run to the local DuckDB file of whichever worker runs it, and report success.
+            if not _not_found(exc):
+                raise
             conn = None
         if conn is not None:
             return url_from_connection(conn)
