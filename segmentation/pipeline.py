@@ -597,7 +597,7 @@ def record_failure(url: str, run: dict[str, Any], step: str, error: str) -> str:
 
     spec = _spec(run)
     now = dt.datetime.now(dt.timezone.utc)
-    run_id = f"{run['run_id']}-failed-{now:%Y%m%dT%H%M%S}"
+    run_id = f"{run['run_id']}-failed-{now:%Y%m%dT%H%M%S%f}"
     record = {
         "status": "failed",
         "started_at": dt.datetime.fromisoformat(run["started_at"]),
