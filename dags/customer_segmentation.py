@@ -15,6 +15,13 @@ from airflow.sdk import Asset, BaseHook, Param, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from segmentation.k8s import KUBERNETES, training_mode  # light: no torch, no Kubernetes provider
+
+# Where training runs (SEGMENT_TRAINING_MODE: in_process, the default, or kubernetes: a GPU pod)
+# and how scoring runs (SEGMENT_SCORING_MODE: single, the default, or sharded: mapped tasks).
+TRAINING_MODE = training_mode()
+SHARDED_SCORING = os.environ.get("SEGMENT_SCORING_MODE", "single").strip().lower() == "sharded"
+
 SEGMENT_TABLES = Asset(name="segment_assignments_current", uri="x-segmentation://segments/segment_assignments_current")
 
 
@@ -119,12 +126,42 @@ def customer_segmentation():
 
         return pipeline.report(_url(), run)
 
+    @task
+    def plan_score_shards(run: dict, trained: dict) -> list[dict]:
+        from segmentation.scoring import plan_run_shards
+
+        return plan_run_shards(run)  # row ranges only
+
+    @task
+    def score_shard(run: dict, trained: dict, shard: dict) -> dict:
+        from segmentation import scoring
+
+        return scoring.score_shard(run, trained, shard)  # writes runs/<D>/score-parts/part-NNNNN.parquet
+
+    @task(task_id="score")
+    def finalize_scores(run: dict, trained: dict, parts: list[dict]) -> dict:
+        from segmentation import scoring
+
+        return scoring.finalize_scores(_url(), run, trained, list(parts))  # one atomic assignments.parquet
+
     run = start()
     extracted = extract(run)
     built = features(run, extracted)
     validated = validate(run, extracted, built)
-    trained = train(run, validated)
-    scored = score(run, trained)
+    if TRAINING_MODE == KUBERNETES:
+        from segmentation.k8s import make_training_operator
+
+        train_pod = make_training_operator(task_id="train")  # its arguments pull start's and validate's XComs
+        [run, validated] >> train_pod
+        trained = train_pod.output
+    else:
+        trained = train(run, validated)
+    if SHARDED_SCORING:
+        shards = plan_score_shards(run, trained)
+        parts = score_shard.partial(run=run, trained=trained).expand(shard=shards)
+        scored = finalize_scores(run, trained, parts)
+    else:
+        scored = score(run, trained)
     published = publish(run, trained, scored, validated)
     report(run, published)
 

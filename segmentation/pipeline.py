@@ -165,7 +165,8 @@ def features(url: str, run: dict[str, Any]) -> dict[str, Any]:
     with connect(url) as wh:
         table = wh.query(f"SELECT * FROM {wh.qualified(rel.schema, rel.table)} ORDER BY {wh.ident(spec.entity_key)}")
     path = _run_dir(run) / "features.parquet"
-    pq.write_table(table, path)
+    # small row groups: DDP ranks and scoring shards each read only their own part
+    pq.write_table(table, path, row_group_size=100_000)
     _store(run).put_run_file(run["run_date"], path)
     log.info("features: %s has %d rows; snapshot %s", relation, table.num_rows, path)
     return {"relation": relation, "rows": table.num_rows, "snapshot": str(path)}
