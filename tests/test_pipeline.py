@@ -1,0 +1,357 @@
+"""The nightly pipeline at library level (``segmentation.pipeline``), on the real Online Retail demo
+in real DuckDB and real PostgreSQL: dbt builds the features, Great Expectations validates them,
+the Concrete GMVAE trains, and the run is published to the warehouse contract.
+
+One module-scoped first night per backend (the demo loaded, ``run_all`` for D = 2011-12-09: about a
+minute); every test below runs on top of it, in file order:
+
+- a rerun of D gives identical rows (every column) and no duplicates, in "reuse" mode;
+- a failure injected inside the publish transaction (after it has deleted rows) leaves every
+  published table exactly as it was and records a failed run under its own run id;
+- an error-severity validation failure stops the run before training: no new model, tables
+  unchanged, and the error names table and column;
+- the second night (D + 1) keeps segment ids stable (the share of customers that moved is printed).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from segmentation import pipeline
+from segmentation.spec import load_spec
+from segmentation.warehouse import connect
+
+D = dt.date(2011, 12, 9)          # the demo data's last day: the nightly run of the 10th covers it
+SCHEMA = "segments"
+ASSIGNMENTS = "segment_assignments"
+CURRENT = "segment_assignments_current"
+SEGMENTS = "segments"
+PROFILES = "segment_profiles"
+RUNS = "segmentation_runs"
+CONTRACT = (ASSIGNMENTS, CURRENT, SEGMENTS, PROFILES, RUNS)
+MAX_MOVED_SHARE = 0.20            # a sane bound for one night's churn between segments
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: read the contract tables, checksum them
+# ---------------------------------------------------------------------------------------------
+def rows(url: str, table: str, where: str = "", params: list[Any] | None = None) -> list[dict[str, Any]]:
+    with connect(url) as wh:
+        if not wh.table_exists(SCHEMA, table):
+            return []
+        return wh.query(f"SELECT * FROM {wh.qualified(SCHEMA, table)} {where}", params or []).to_pylist()
+
+
+def _canon(row: dict[str, Any]) -> str:
+    # floats through repr (json), dates and timestamps through str: exact, order-independent
+    return json.dumps(row, sort_keys=True, default=str)
+
+
+def checksum(table_rows: list[dict[str, Any]]) -> tuple[int, str]:
+    lines = sorted(_canon(r) for r in table_rows)
+    return len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def snapshot(url: str) -> dict[str, list[dict[str, Any]]]:
+    return {t: rows(url, t) for t in CONTRACT}
+
+
+def checksums(snap: dict[str, list[dict[str, Any]]]) -> dict[str, tuple[int, str]]:
+    return {t: checksum(r) for t, r in snap.items()}
+
+
+def assignments_of(url: str, day: dt.date) -> list[dict[str, Any]]:
+    return sorted(rows(url, ASSIGNMENTS, "WHERE run_date = ?", [day]), key=lambda r: r["customer_id"])
+
+
+def feature_customers(url: str) -> list[str]:
+    rel = load_spec().features_relation
+    with connect(url) as wh:
+        got = wh.query(f"SELECT customer_id FROM {wh.qualified(rel.schema, rel.table)}")
+    return sorted(str(c) for c in got.column("customer_id").to_pylist())
+
+
+def models(artifacts: Path) -> list[str]:
+    d = artifacts / "models"
+    return sorted(p.name for p in d.iterdir() if (p / "metadata.json").is_file()) if d.is_dir() else []
+
+
+def production(artifacts: Path) -> str | None:
+    p = artifacts / "production.json"
+    return p.read_text() if p.exists() else None
+
+
+def duplicates(url: str) -> list[dict[str, Any]]:
+    with connect(url) as wh:
+        return wh.query(
+            f"SELECT run_date, customer_id, count(*) AS n FROM {wh.qualified(SCHEMA, ASSIGNMENTS)} "
+            "GROUP BY run_date, customer_id HAVING count(*) > 1"
+        ).to_pylist()
+
+
+def new_runs(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen = {_canon(r) for r in before}
+    return [r for r in after if _canon(r) not in seen]
+
+
+def assert_unchanged_except_one_failed_run(before: dict, after: dict, run_date: dt.date, step: str) -> dict[str, Any]:
+    """Every contract table identical; segmentation_runs holds exactly one new row: a failed run of
+    ``run_date`` under its own run id, every earlier record unchanged. Returns that row."""
+    for t in (ASSIGNMENTS, CURRENT, SEGMENTS, PROFILES):
+        assert checksum(after[t]) == checksum(before[t]), f"{SCHEMA}.{t} changed"
+    old = {_canon(r) for r in before[RUNS]}
+    assert old <= {_canon(r) for r in after[RUNS]}, "an earlier run record was changed or removed"
+    added = new_runs(before[RUNS], after[RUNS])
+    assert len(added) == 1, added
+    failed = added[0]
+    assert failed["status"] == "failed"
+    assert failed["run_date"] == run_date
+    assert failed["run_id"].startswith(f"online_retail-{run_date.isoformat()}-failed-")
+    assert failed["run_id"] not in {r["run_id"] for r in before[RUNS]}
+    assert failed["message"].startswith(f"{step}: "), failed["message"]
+    assert json.loads(failed["training"])["failed_step"] == step
+    return failed
+
+
+# ---------------------------------------------------------------------------------------------
+# failed attempts on a warehouse without CRM tables (cheap: extract fails at once)
+# ---------------------------------------------------------------------------------------------
+def test_every_failed_attempt_keeps_its_own_record(warehouse_url: str, tmp_path: Path) -> None:
+    """Failures retried within the same second (extract fails in ~0.1 s) each get a record."""
+    for _ in range(3):
+        with pytest.raises(pipeline.PipelineError, match="source table raw.transactions .* does not exist"):
+            pipeline.run_all(warehouse_url, D, artifacts=str(tmp_path / "artifacts"))
+    records = rows(warehouse_url, RUNS)
+    ids = sorted(r["run_id"] for r in records)
+    assert len(ids) == len(set(ids)) == 3, ids
+    assert all(i.startswith(f"online_retail-{D.isoformat()}-failed-") for i in ids)
+    assert all(r["status"] == "failed" and r["message"].startswith("extract: ") for r in records)
+    assert rows(warehouse_url, ASSIGNMENTS) == [] and rows(warehouse_url, CURRENT) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the first night, once per backend
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Night:
+    backend: str
+    url: str
+    artifacts: Path
+    result: dict[str, Any]
+    seconds: float
+    snapshot: dict[str, list[dict[str, Any]]]
+    customers: list[str]
+
+    def run(self, day: dt.date, **options: Any) -> dict[str, Any]:
+        return pipeline.run_all(self.url, day, artifacts=str(self.artifacts), **options)
+
+
+@pytest.fixture(scope="module")
+def _module_postgres(_postgres_admin: Any) -> Iterator[str]:
+    """One fresh database for the whole module (conftest's ``postgres_url`` is per test)."""
+    name = f"seg_test_{uuid.uuid4().hex[:12]}"
+    _postgres_admin.execute(f'CREATE DATABASE "{name}"')
+    admin = os.environ.get("SEGMENT_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        yield urlunsplit(urlsplit(admin)._replace(path=f"/{name}"))
+    finally:
+        _postgres_admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module", params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def night(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Night:
+    from segmentation.demo import init_demo_warehouse
+
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    root = tmp_path_factory.mktemp(f"pipeline-{request.param}")
+    if request.param == "duckdb":
+        url = f"duckdb:///{root}/warehouse.duckdb"
+    else:
+        url = request.getfixturevalue("_module_postgres")
+    init_demo_warehouse(url)
+    artifacts = root / "artifacts"
+    started = time.perf_counter()
+    result = pipeline.run_all(url, D, artifacts=str(artifacts))
+    seconds = time.perf_counter() - started
+    print(f"\n[{request.param}] first night {D}: {seconds:.0f} s, {result['n_customers']} customers, "
+          f"mode {result['training']['mode']}")
+    return Night(request.param, url, artifacts, result, seconds, snapshot(url), feature_customers(url))
+
+
+# ---------------------------------------------------------------------------------------------
+# tests
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_first_night_publishes_one_row_per_customer(night: Night) -> None:
+    res = night.result
+    assert res["training"]["mode"] == "retrain"
+    assert res["run_id"] == f"online_retail-{D.isoformat()}"
+    current = night.snapshot[CURRENT]
+    assert sorted(r["customer_id"] for r in current) == night.customers
+    assert res["n_customers"] == len(night.customers) > 4000
+    assert {r["run_date"] for r in current} == {D}
+    segments = {r["segment_id"]: r for r in night.snapshot[SEGMENTS]}
+    assert {r["segment_id"] for r in current} <= set(segments)
+    assert all(segments[s]["label"].strip() and segments[s]["status"] == "active" for s in {r["segment_id"] for r in current})
+    assert all(0.0 <= r["segment_probability"] <= 1.0 for r in current)
+    assert all(r["runner_up_segment_id"] != r["segment_id"] for r in current)
+    profiles = [p for p in night.snapshot[PROFILES] if p["run_date"] == D]
+    assert sum(p["size"] for p in profiles) == len(night.customers)
+    (record,) = [r for r in night.snapshot[RUNS] if r["run_id"] == res["run_id"]]
+    assert record["status"] == "success" and record["n_customers"] == len(night.customers)
+    assert (night.artifacts / "runs" / D.isoformat() / "features.parquet").is_file()
+    assert models(night.artifacts) == [res["training"]["model_version"]]
+
+
+@pytest.mark.slow
+def test_rerun_of_the_same_date_is_identical(night: Night) -> None:
+    before = snapshot(night.url)
+    models_before = models(night.artifacts)
+    result = night.run(D)
+
+    assert result["training"]["mode"] == "reuse"
+    assert result["training"]["scoring_version"] == night.result["training"]["scoring_version"]
+    assert result["run_id"] == night.result["run_id"]
+    # every column of D's rows, ids included (a rerun must not issue new segment ids)
+    assert assignments_of(night.url, D) == sorted(
+        (r for r in night.snapshot[ASSIGNMENTS] if r["run_date"] == D), key=lambda r: r["customer_id"])
+    assert duplicates(night.url) == []
+    after = snapshot(night.url)
+    for t in (ASSIGNMENTS, CURRENT, SEGMENTS, PROFILES):
+        assert checksum(after[t]) == checksum(before[t]), f"{SCHEMA}.{t} changed on a rerun"
+    # D's run record is replaced, not duplicated: same id, same outcome
+    records = [r for r in after[RUNS] if r["run_date"] == D and r["status"] == "success"]
+    assert [r["run_id"] for r in records] == [night.result["run_id"]]
+    assert records[0]["model_version"] == night.result["training"]["scoring_version"]
+    assert models(night.artifacts) == models_before
+
+
+@pytest.mark.slow
+def test_failure_inside_the_publish_transaction_changes_nothing(night: Night, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segmentation import publish
+
+    def fail_midway(tx: Any, schema: str, run_date: dt.date, segments: Any) -> None:
+        # by now D's rows were deleted and re-inserted; wreck more, then fail: all must roll back
+        got = tx.query(f"SELECT count(*) AS n FROM {tx.qualified(schema, ASSIGNMENTS)} WHERE run_date = ?", [run_date])
+        assert got.column("n")[0].as_py() == len(night.customers)
+        tx.execute(f"DELETE FROM {tx.qualified(schema, ASSIGNMENTS)}")
+        tx.execute(f"DELETE FROM {tx.qualified(schema, SEGMENTS)}")
+        raise RuntimeError("injected failure inside the publish transaction")
+
+    before = snapshot(night.url)
+    models_before, pointer_before = models(night.artifacts), production(night.artifacts)
+    monkeypatch.setattr(publish, "_upsert_segments", fail_midway)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        night.run(D)
+    monkeypatch.undo()
+
+    after = snapshot(night.url)
+    failed = assert_unchanged_except_one_failed_run(before, after, D, "publish")
+    assert "injected failure" in failed["message"]
+    # the success of D keeps its own record (and so the current view)
+    assert [r for r in after[RUNS] if r["run_id"] == night.result["run_id"]] == \
+        [r for r in before[RUNS] if r["run_id"] == night.result["run_id"]]
+    assert models(night.artifacts) == models_before
+    assert production(night.artifacts) == pointer_before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("night", ["duckdb"], indirect=True)  # the suites themselves: test_validation.py, both backends
+def test_validation_error_stops_before_training(night: Night) -> None:
+    from validation import ValidationFailed
+
+    day = D + dt.timedelta(days=2)  # a night never run: a passing one would train a model
+    before = snapshot(night.url)
+    models_before, pointer_before = models(night.artifacts), production(night.artifacts)
+    with connect(night.url) as wh:  # a broken CRM extract: customers without an id
+        wh.execute("INSERT INTO raw.customers (customer_id, country) VALUES (NULL, 'United Kingdom'), (NULL, 'France')")
+    try:
+        with pytest.raises(ValidationFailed) as info:
+            night.run(day)
+    finally:
+        with connect(night.url) as wh:
+            wh.execute("DELETE FROM raw.customers WHERE customer_id IS NULL")
+    message = str(info.value)
+    assert "raw.customers.customer_id" in message and "null" in message, message
+    after = snapshot(night.url)
+    failed = assert_unchanged_except_one_failed_run(before, after, day, "validate")
+    assert "raw.customers.customer_id" in failed["message"]
+    assert models(night.artifacts) == models_before, "a model was trained on data that failed validation"
+    assert production(night.artifacts) == pointer_before
+    assert not (night.artifacts / "runs" / day.isoformat() / "assignments.parquet").exists()
+
+
+@pytest.mark.slow
+def test_second_night_keeps_segment_ids_stable(night: Night) -> None:
+    day = D + dt.timedelta(days=1)
+    started = time.perf_counter()
+    result = night.run(day)
+    seconds = time.perf_counter() - started
+    mode = result["training"]["mode"]
+    st = result["stability"]
+    print(f"\n[{night.backend}] second night {day}: mode {mode} ({result['training']['reason']}), "
+          f"{st.get('moved_share', float('nan')):.2%} of customers moved ({st.get('moved_customers')} of "
+          f"{st.get('common_customers')}), ARI {st.get('ari_vs_previous', float('nan')):.3f}, {seconds:.0f} s")
+
+    # a nightly refresh of the production model, or (since 75cd90c) keeping it when it still fits;
+    # never a retrain from scratch on an ordinary night
+    assert mode in ("refresh", "keep"), result["training"]
+    assert st["common_customers"] == len(night.customers)
+    assert st["moved_share"] <= MAX_MOVED_SHARE
+    assert st["new_segment_ids"] == [] and st["retired_segment_ids"] == []
+    first_ids = {r["segment_id"] for r in night.snapshot[CURRENT]}
+    current = rows(night.url, CURRENT)
+    assert {r["run_date"] for r in current} == {day}
+    assert sorted(r["customer_id"] for r in current) == feature_customers(night.url)
+    assert {r["segment_id"] for r in current} <= first_ids
+    # the history keeps D exactly as published; D + 1 is a partition of its own
+    assert assignments_of(night.url, D) == sorted(
+        (r for r in night.snapshot[ASSIGNMENTS] if r["run_date"] == D), key=lambda r: r["customer_id"])
+    assert duplicates(night.url) == []
+    segments = {r["segment_id"]: r for r in rows(night.url, SEGMENTS)}
+    assert all(segments[s]["last_run_date"] == day and segments[s]["status"] == "active" for s in first_ids)
+    profiles = [p for p in rows(night.url, PROFILES) if p["run_date"] == day]
+    assert sum(p["size"] for p in profiles) == len(current)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("night", ["duckdb"], indirect=True)
+def test_refresh_night_keeps_segment_ids_stable(night: Night, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A night that fine-tunes the production model (the case where ids could drift): the clusters
+    of the refreshed model are matched onto the published ids."""
+    day = D + dt.timedelta(days=3)
+    previous = {r["customer_id"]: r["segment_id"] for r in rows(night.url, CURRENT)}
+    # policy, not a mock: never keep the production model as it is, so this night refreshes it
+    monkeypatch.setattr(pipeline, "KEEP_MARGIN", -math.inf)
+    started = time.perf_counter()
+    result = night.run(day)
+    seconds = time.perf_counter() - started
+    training, st = result["training"], result["stability"]
+    print(f"\n[{night.backend}] refresh night {day}: mode {training['mode']} ({training['reason']}), promoted "
+          f"{training['promoted']} {training.get('gate')}, {st['moved_share']:.2%} of customers moved "
+          f"({st['moved_customers']} of {st['common_customers']}), ARI {st['ari_vs_previous']:.3f}, {seconds:.0f} s")
+
+    assert training["mode"] == "refresh", training
+    assert training["base_version"] == night.result["training"]["model_version"]
+    assert st["common_customers"] == len(previous)
+    assert st["moved_share"] <= MAX_MOVED_SHARE
+    assert st["new_segment_ids"] == [] and st["retired_segment_ids"] == []
+    current = rows(night.url, CURRENT)
+    assert {r["run_date"] for r in current} == {day}
+    moved = sum(previous[r["customer_id"]] != r["segment_id"] for r in current if r["customer_id"] in previous)
+    assert moved == st["moved_customers"]          # the reported share is what the tables show
+    assert {r["segment_id"] for r in current} <= set(previous.values())
+    assert duplicates(night.url) == []
