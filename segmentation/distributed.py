@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime as dt
 import hashlib
 import json
@@ -257,7 +256,7 @@ def _ddp_train(ddp, net, train_data, val_data, cfg, generator, ctx: DistContext,
     history rows; every decision is taken on all-reduced numbers so that ranks never disagree."""
     import torch
 
-    from segmentation.model.training import TrainingDiverged, batch_to, evaluate_loss
+    from segmentation.model.training import EarlyStopping, TrainingDiverged, batch_to, evaluate_loss
 
     dev = cfg.device
     net.train()
@@ -269,7 +268,7 @@ def _ddp_train(ddp, net, train_data, val_data, cfg, generator, ctx: DistContext,
     n_val_local = int(val_data["x"].shape[0]) if val_data is not None else 0
     n_val = int(ctx.all_reduce(torch.tensor([float(n_val_local)], dtype=torch.float64, device=dev))[0])
     history: list[dict[str, Any]] = []
-    best_val, best_state, best_epoch, bad_epochs = math.inf, None, -1, 0
+    stopper = EarlyStopping(cfg.patience, cfg.min_epochs)
     sched = cfg.schedules
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -311,25 +310,17 @@ def _ddp_train(ddp, net, train_data, val_data, cfg, generator, ctx: DistContext,
             if not math.isfinite(val):
                 raise TrainingDiverged(f"validation loss became {val} at epoch {epoch + 1}")
             row["val_loss"] = val
-            if w >= 1.0 and epoch + 1 >= cfg.min_epochs:
-                if val < best_val - 1e-4 * abs(best_val if math.isfinite(best_val) else 1.0):
-                    best_val, best_epoch, bad_epochs = val, epoch + 1 + cfg.epoch_offset, 0
-                    best_state = copy.deepcopy(net.state_dict())
-                else:
-                    bad_epochs += 1
+            stopper.update(net, val, w, epoch + 1, epoch + 1 + cfg.epoch_offset)
         history.append(row)
         if ctx.is_main:
             log.info("epoch %d/%d loss=%.4f rec=%.3f kl_z=%.3f kl_y=%.3f tau=%.3f w=%.2f%s (%.1fs, %d ranks)",
                      epoch + 1, cfg.epochs, row["loss"], row["rec"], row["kl_z"], row["kl_y"], tau, w,
                      f" val={row['val_loss']:.4f}" if "val_loss" in row else "", seconds, ctx.world_size)
-        if best_state is not None and bad_epochs >= cfg.patience:
+        if stopper.should_stop:
             if ctx.is_main:
-                log.info("early stopping at epoch %d (best epoch %d)", epoch + 1, best_epoch)
+                log.info("early stopping at epoch %d (best epoch %d)", epoch + 1, stopper.best_epoch)
             break
-    if best_state is not None:
-        net.load_state_dict(best_state)
-    for row in history:
-        row["best"] = row["epoch"] == best_epoch
+    stopper.restore(net, history)
     return history
 
 
@@ -347,6 +338,7 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from segmentation.model import artifact
+    from segmentation.model.training import fit_metrics
     from segmentation.model.estimator import _CONFIG_KEYS, _threads
     from segmentation.model.evaluation import segment_usage
     from segmentation.model.network import GMVAENetwork
@@ -457,15 +449,8 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
         model.inferred_feature_types_ = dict(plan["inferred"])
     model.history_ = (getattr(model, "history_", []) + history) if refresh else history
     model.fingerprint_ = fingerprint or {"rows": snapshot.n_rows, "columns": columns}
-    final = history[-1] if history else {}
     model.metrics_ = {
-        "train_seconds": time.perf_counter() - t0,
-        "epochs_run": len(history),
-        "best_epoch": next((r["epoch"] for r in history if r.get("best")), len(history)),
-        "final_train_loss": final.get("loss"),
-        "val_loss": min((r["val_loss"] for r in history if "val_loss" in r and r["kl_weight"] >= 1.0), default=None),
-        "refresh": refresh,
-        "n_rows": snapshot.n_rows,
+        **fit_metrics(history, time.perf_counter() - t0, refresh, snapshot.n_rows),
         "usage": usage,
         "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "device": str(cfg.device),
                         "rows_per_rank_step": local_batch, "rank_weight_checksums": checksums},
@@ -573,18 +558,7 @@ def train_pod(run: dict[str, Any], validated: dict[str, Any] | None = None, *, d
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def _parse_types(items: list[str] | None) -> dict[str, str] | None:
-    if not items:
-        return None
-    out = {}
-    for item in items:
-        for part in item.split(","):
-            if part.strip():
-                name, sep, t = part.partition("=")
-                if not sep:
-                    raise SystemExit(f"error: --type {part!r}: write NAME=TYPE, e.g. spend=money")
-                out[name.strip()] = t.strip()
-    return out
+from segmentation.cli import _parse_types  # noqa: E402  (one parser for --type in both CLIs)
 
 
 def _json_arg(value: str | None) -> dict[str, Any] | None:

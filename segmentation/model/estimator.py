@@ -19,7 +19,7 @@ from segmentation.model import artifact
 from segmentation.model.evaluation import label_metrics, segment_usage
 from segmentation.model.network import GMVAENetwork
 from segmentation.model.preprocessing import TablePreprocessor, _as_frame, infer_feature_types
-from segmentation.model.training import Schedules, TrainConfig, batch_to, compute_loss, train
+from segmentation.model.training import Schedules, TrainConfig, batch_to, compute_loss, fit_metrics, train
 
 log = logging.getLogger(__name__)
 
@@ -212,16 +212,7 @@ class ConcreteGMVAE:
         self.feature_types_ = dict(pre.feature_types)
         self.history_ = history if not refresh else getattr(self, "history_", []) + history
         self.fingerprint_ = artifact.data_fingerprint(df, list(pre.feature_types))
-        final = history[-1] if history else {}
-        self.metrics_ = {
-            "train_seconds": time.perf_counter() - t0,
-            "epochs_run": len(history),
-            "best_epoch": next((r["epoch"] for r in history if r.get("best")), len(history)),
-            "final_train_loss": final.get("loss"),
-            "val_loss": min((r["val_loss"] for r in history if "val_loss" in r and r["kl_weight"] >= 1.0), default=None),
-            "refresh": refresh,
-            "n_rows": n,
-        }
+        self.metrics_ = fit_metrics(history, time.perf_counter() - t0, refresh, n)
         usage = segment_usage(self.predict(df), int(self.n_segments))
         self.metrics_["usage"] = usage
         for w in usage["warnings"]:

@@ -59,6 +59,52 @@ class TrainConfig:
     epoch_offset: int = 0
 
 
+class EarlyStopping:
+    """Tracks the best validation loss once the KL weight has reached 1 (before that the objective
+    still changes), keeps a copy of the best weights, and says when patience has run out."""
+
+    def __init__(self, patience: int, min_epochs: int = 0):
+        self.patience, self.min_epochs = patience, min_epochs
+        self.best_val, self.best_state, self.best_epoch, self.bad_epochs = math.inf, None, -1, 0
+
+    def update(self, net: torch.nn.Module, val: float, kl_weight: float, epochs_done: int, epoch_number: int) -> None:
+        if kl_weight < 1.0 or epochs_done < self.min_epochs:
+            return
+        scale = abs(self.best_val) if math.isfinite(self.best_val) else 1.0
+        if val < self.best_val - 1e-4 * scale:
+            self.best_val, self.best_epoch, self.bad_epochs = val, epoch_number, 0
+            self.best_state = copy.deepcopy(net.state_dict())
+        else:
+            self.bad_epochs += 1
+
+    @property
+    def should_stop(self) -> bool:
+        return self.best_state is not None and self.bad_epochs >= self.patience
+
+    def restore(self, net: torch.nn.Module, history: list[dict[str, Any]]) -> bool:
+        """Load the best weights (if any) and mark the best epoch in the history."""
+        for row in history:
+            row["best"] = row["epoch"] == self.best_epoch
+        if self.best_state is None:
+            return False
+        net.load_state_dict(self.best_state)
+        return True
+
+
+def fit_metrics(history: list[dict[str, Any]], seconds: float, refresh: bool, n_rows: int) -> dict[str, Any]:
+    """The summary of a fit kept in ``metrics_`` and in the artifact."""
+    final = history[-1] if history else {}
+    return {
+        "train_seconds": seconds,
+        "epochs_run": len(history),
+        "best_epoch": next((r["epoch"] for r in history if r.get("best")), len(history)),
+        "final_train_loss": final.get("loss"),
+        "val_loss": min((r["val_loss"] for r in history if "val_loss" in r and r["kl_weight"] >= 1.0), default=None),
+        "refresh": refresh,
+        "n_rows": n_rows,
+    }
+
+
 def batch_to(batch: dict[str, torch.Tensor], idx: torch.Tensor | slice, device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v[idx].to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -113,7 +159,7 @@ def train(
     opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
     n = train_data["x"].shape[0]
     history: list[dict[str, Any]] = []
-    best_val, best_state, best_epoch, bad_epochs = math.inf, None, -1, 0
+    stopper = EarlyStopping(cfg.patience, cfg.min_epochs)
     bar = _progress(cfg, cfg.epochs)
     sched = cfg.schedules
     for epoch in range(cfg.epochs):
@@ -151,12 +197,7 @@ def train(
             if not math.isfinite(val):
                 raise TrainingDiverged(f"validation loss became {val} at epoch {epoch + 1}")
             row["val_loss"] = val
-            if w >= 1.0 and epoch + 1 >= cfg.min_epochs:
-                if val < best_val - 1e-4 * abs(best_val if math.isfinite(best_val) else 1.0):
-                    best_val, best_epoch, bad_epochs = val, epoch + 1 + cfg.epoch_offset, 0
-                    best_state = copy.deepcopy(net.state_dict())
-                else:
-                    bad_epochs += 1
+            stopper.update(net, val, w, epoch + 1, epoch + 1 + cfg.epoch_offset)
         history.append(row)
         if on_epoch:
             on_epoch(row)
@@ -171,15 +212,12 @@ def train(
             bar.update(1)
         else:
             log.info(msg)
-        if best_state is not None and bad_epochs >= cfg.patience:
+        if stopper.should_stop:
             log.info("early stopping at epoch %d: no validation improvement for %d epochs (best epoch %d)",
-                     epoch + 1, cfg.patience, best_epoch)
+                     epoch + 1, cfg.patience, stopper.best_epoch)
             break
     if bar is not None:
         bar.close()
-    if best_state is not None:
-        net.load_state_dict(best_state)
-        log.info("restored the weights of epoch %d (validation loss %.4f)", best_epoch, best_val)
-    for row in history:
-        row["best"] = row["epoch"] == best_epoch
+    if stopper.restore(net, history):
+        log.info("restored the weights of epoch %d (validation loss %.4f)", stopper.best_epoch, stopper.best_val)
     return history
