@@ -35,6 +35,8 @@ def _record_failure(context) -> None:
     """on_failure_callback (final failure only, not retries): record the failed run, tables untouched."""
     from segmentation.pipeline import record_failure
 
+    if context["ti"].task_id == "report":  # the segments are already published: the run itself succeeded
+        return
     run = context["ti"].xcom_pull(task_ids="start")
     if run:
         record_failure(_url(), run, context["ti"].task_id, str(context.get("exception") or "task failed"))

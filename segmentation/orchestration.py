@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 DEFAULT_CONN_ID = "segment_warehouse"
+_LIBPQ_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout", "application_name",
+                  "options", "target_session_attrs")
 
 
 def url_from_connection(conn: Any) -> str:
@@ -21,14 +23,18 @@ def url_from_connection(conn: Any) -> str:
     ctype = (conn.conn_type or "").lower()
     if ctype in ("postgres", "postgresql"):
         auth = ""
-        if conn.login:
-            auth = quote(conn.login, safe="")
+        if conn.login or conn.password:
+            auth = quote(conn.login or "", safe="")
             if conn.password:
                 auth += ":" + quote(conn.password, safe="")
             auth += "@"
         host = conn.host or "127.0.0.1"
         port = f":{conn.port}" if conn.port else ""
-        return f"postgresql://{auth}{host}{port}/{conn.schema or 'postgres'}"
+        # libpq options kept from the Connection's extras (sslmode, sslrootcert, ...)
+        extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
+        options = {k: v for k, v in extra.items() if k in _LIBPQ_OPTIONS and v not in (None, "")}
+        query = ("?" + urlencode(options)) if options else ""
+        return f"postgresql://{auth}{host}{port}/{conn.schema or 'postgres'}{query}"
     if ctype == "duckdb":
         extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else {}
         path = extra.get("path") or conn.host or conn.schema
