@@ -287,3 +287,18 @@ def test_failed_runs_never_show_the_password(secret_role: dict[str, str], tmp_pa
     _assert_no_secret("the connection error", str(info.value))
     assert "could not record the failed run" in caplog.text
     _assert_no_secret("logs", caplog.text)
+
+
+def test_connection_extras_and_password_only_login_reach_the_url():
+    from types import SimpleNamespace
+
+    from segmentation.orchestration import url_from_connection
+
+    conn = SimpleNamespace(conn_id="w", conn_type="postgres", login=None, password="p@ss", host="db.internal",
+                           port=5432, schema="analytics", extra_dejson={"sslmode": "require", "unrelated": "x"})
+    assert url_from_connection(conn) == "postgresql://:p%40ss@db.internal:5432/analytics?sslmode=require"
+    duck = SimpleNamespace(conn_id="d", conn_type="duckdb", login=None, password=None, host=None, port=None,
+                           schema=None, extra_dejson={"path": "/data/w.duckdb"})
+    assert url_from_connection(duck) == "duckdb:////data/w.duckdb"
+    with pytest.raises(ValueError, match="must be a 'postgres' or 'duckdb' connection"):
+        url_from_connection(SimpleNamespace(conn_id="m", conn_type="mysql", extra_dejson={}))
