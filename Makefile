@@ -34,7 +34,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0 $(PIPQ)
 	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat $(PIPQ)
-	$(BIN)/python -c "import torch, airflow, great_expectations, dbt.version; print('torch', torch.__version__, '| airflow', airflow.__version__)" 2>/dev/null
+	$(BIN)/python -c "import torch, airflow, dbt.version; print('installed: torch', torch.__version__, '| airflow', airflow.__version__, '| dbt', dbt.version.__version__)" 2>/dev/null
 	touch $@
 
 install: $(BIN)/.installed
@@ -51,7 +51,10 @@ demo: install $(AIRFLOW_HOME)/airflow.db
 	@start=$$(date +%s); \
 	  $(BIN)/airflow dags test customer_segmentation $(DEMO_DATE) > $(SEGMENT_DATA_DIR)/demo-dag.log 2>&1 \
 	  || { grep -E "ERROR|Error|error:" $(SEGMENT_DATA_DIR)/demo-dag.log | tail -30; echo "the DAG failed; full log: $(SEGMENT_DATA_DIR)/demo-dag.log"; exit 1; }; \
-	  grep -E "extract:|features:|validation of|train:|score:|publish:|state=|Marking run" $(SEGMENT_DATA_DIR)/demo-dag.log | sed -E 's/^.*\] //' | cut -c1-200 | tail -25; \
+	  grep -E '\[(segmentation|validation)[a-z_.]*\] loc=|DagRun Finished' $(SEGMENT_DATA_DIR)/demo-dag.log \
+	    | grep -v '\[segmentation\.features\.dbt\]' \
+	    | sed -E 's/^[^ ]+ \[[a-z ]+\] //; s/ \[(segmentation|validation)[a-z_.]*\] loc=.*$$//; s/^DagRun Finished: .*(state=[a-z]+).*/DAG run finished: \1/' \
+	    | grep -v '^epoch [0-9]' | uniq | cut -c1-180; \
 	  echo "DAG run finished in $$(( $$(date +%s) - start )) s; full log: $(SEGMENT_DATA_DIR)/demo-dag.log"
 	@echo
 	$(BIN)/segment summary
