@@ -44,8 +44,10 @@ def _read_table(path: str):
     if suffixes.endswith(".parquet") or suffixes.endswith(".pq"):
         return pd.read_parquet(p)
     if ".csv" in suffixes or ".tsv" in suffixes or ".txt" in suffixes:
-        sep = "\t" if ".tsv" in suffixes else None
-        return pd.read_csv(p, sep=sep, engine="python" if sep is None else "c")
+        try:
+            return pd.read_csv(p, sep="\t" if ".tsv" in suffixes else ",")
+        except (ValueError, UnicodeDecodeError) as exc:  # pandas' EmptyDataError / ParserError are ValueErrors
+            raise SystemExit(f"error: {p}: cannot read it as a table: {exc}")
     raise SystemExit(f"error: {p}: unsupported file type; use .parquet or .csv")
 
 

@@ -87,10 +87,18 @@ def start_run(
         end = as_of
     if end.tzinfo is None:
         end = end.replace(tzinfo=dt.timezone.utc)
+    now = dt.datetime.now(dt.timezone.utc)
+    if end > now + dt.timedelta(hours=1):
+        # a run for a day that has not ended would publish partial data as "current" and every
+        # later real night would count as a backfill of it
+        raise PipelineError(
+            f"run date {d} is in the future: its data interval ends {end:%Y-%m-%d %H:%M} UTC, after now "
+            f"({now:%Y-%m-%d %H:%M} UTC); run it once the day is over"
+        )
     spec = load_spec(spec_path)
-    k = int(n_segments or spec.model.get("n_segments", 8))
-    if k < 2:
-        raise PipelineError(f"n_segments must be at least 2, not {k}")
+    k = spec.model.get("n_segments", 8) if n_segments is None else n_segments
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise PipelineError(f"n_segments must be a whole number of at least 2, not {k!r}")
     from segmentation.artifacts import open_store
 
     store = open_store(artifacts)
@@ -367,7 +375,7 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     score_now = float(model.score(df))
     problems = _gate(model, len(df))
     if base:
-        if base_score is None and _compatible(store, base, spec, run):
+        if base_score is None and _compatible(store, base, spec, run) and _loadable(store, base):
             base_score = float(ConcreteGMVAE.load(str(store.model_dir(base))).score(df))
         if base_score is not None and score_now < base_score - ELBO_MARGIN * abs(base_score):
             problems.append(f"ELBO {score_now:.3f} is worse than production's {base_score:.3f} by more than {ELBO_MARGIN:.0%}")
@@ -471,6 +479,39 @@ def _previous_assignments(url: str, run: dict[str, Any]):
     return (prev if len(prev) else None), issued
 
 
+def _earlier_mapping(store, run: dict[str, Any], version: str) -> dict[int, int] | None:
+    path = store.run_file(run["run_date"], "segment_mapping.json")
+    if path is None:
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if not isinstance(saved, dict) or saved.get("model_version") != version:
+        return None
+    return {int(k): int(v) for k, v in saved["mapping"].items()}
+
+
+def assign_segment_ids(url: str, run: dict[str, Any], version: str, ids, clusters, n_clusters: int):
+    """Map tonight's clusters to stable segment ids, save the mapping with the run, and return
+    (mapping, stability). A rerun of a date with the same model keeps the ids that date was
+    published with, even when a backfill has since changed which run counts as the previous one."""
+    from segmentation.matching import match_segments
+
+    store = _store(run)
+    previous, issued = _previous_assignments(url, run)
+    mapping, stability = match_segments(ids, clusters, n_clusters, previous, issued)
+    earlier = _earlier_mapping(store, run, version)
+    if earlier is not None and earlier != mapping:
+        log.info("score: keeping the segment ids %s was published with (a rerun)", run["run_date"])
+        mapping = earlier
+        stability["kept_ids_of_earlier_attempt"] = True
+    path = _run_dir(run) / "segment_mapping.json"
+    path.write_text(json.dumps({"model_version": version, "mapping": {str(k): v for k, v in mapping.items()}}))
+    store.put_run_file(run["run_date"], path)
+    return mapping, stability
+
+
 def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
     """Assign every customer (segment, its probability, runner-up), with ids matched to the previous
     run's, and write the assignments to the run's folder."""
@@ -479,7 +520,6 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
     import pyarrow.parquet as pq
 
     from segmentation import ConcreteGMVAE
-    from segmentation.matching import match_segments
 
     spec = _spec(run)
     store = _store(run)
@@ -490,8 +530,7 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
     order = np.argsort(-proba, axis=1)
     top, second = order[:, 0], order[:, 1]
     ids = df[spec.entity_key].astype(str).to_numpy()
-    previous, issued = _previous_assignments(url, run)
-    mapping, stability = match_segments(ids, top, model.n_segments, previous, issued)
+    mapping, stability = assign_segment_ids(url, run, version, ids, top, model.n_segments)
     seg = np.array([mapping[int(k)] for k in top])
     runner = np.array([mapping[int(k)] for k in second])
     table = pa.table({
@@ -502,9 +541,7 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
     })
     path = _run_dir(run) / "assignments.parquet"
     pq.write_table(table, path)
-    (_run_dir(run) / "segment_mapping.json").write_text(json.dumps({str(k): v for k, v in mapping.items()}))
-    for name in ("assignments.parquet", "segment_mapping.json"):
-        store.put_run_file(run["run_date"], _run_dir(run) / name)
+    store.put_run_file(run["run_date"], path)
     if stability.get("common_customers"):
         log.info("score: %d customers; %.1f%% moved segment since the previous run (ARI %.3f)",
                  len(ids), 100 * stability["moved_share"], stability["ari_vs_previous"])

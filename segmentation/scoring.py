@@ -360,8 +360,7 @@ def finalize_scores(url: str, run: dict[str, Any], trained: dict[str, Any], shar
     import numpy as np
     import pyarrow.parquet as pq
 
-    from segmentation.matching import match_segments
-    from segmentation.pipeline import PipelineError, _previous_assignments, _run_dir, _spec, _store
+    from segmentation.pipeline import PipelineError, _run_dir, _spec, _store, assign_segment_ids
 
     spec, store = _spec(run), _store(run)
     shards = sorted(shards, key=lambda s: s["shard"])
@@ -380,14 +379,11 @@ def finalize_scores(url: str, run: dict[str, Any], trained: dict[str, Any], shar
     top = np.concatenate([pq.read_table(p, columns=["cluster"]).column(0).to_numpy() for p in parts])
     meta = json.loads((store.model_dir(trained["scoring_version"]) / "metadata.json").read_text())
     k = int(meta["config"]["n_segments"])
-    previous, issued = _previous_assignments(url, run)
-    mapping, stability = match_segments(ids, top, k, previous, issued)
+    mapping, stability = assign_segment_ids(url, run, trained["scoring_version"], ids, top, k)
     del ids, top
     run_dir = _run_dir(run)
     merged = merge_parts(parts, run_dir / ASSIGNMENTS, mapping, id_column=spec.entity_key)
-    (run_dir / "segment_mapping.json").write_text(json.dumps({str(c): v for c, v in mapping.items()}))
-    for name in (ASSIGNMENTS, "segment_mapping.json"):
-        store.put_run_file(run["run_date"], run_dir / name)
+    store.put_run_file(run["run_date"], run_dir / ASSIGNMENTS)
     log.info("score: %d customers from %d shard(s) published to %s", merged["rows"], len(parts), run_dir / ASSIGNMENTS)
     return {"assignments": str(run_dir / ASSIGNMENTS), "n_customers": int(merged["rows"]),
             "model_version": trained["scoring_version"], "stability": stability}

@@ -146,6 +146,12 @@ class ConcreteGMVAE:
             raise ValueError("validation_fraction must be in [0, 1)")
         if self.tau_min <= 0 or self.tau_start <= 0:
             raise ValueError("temperatures must be positive")
+        for name in ("epochs", "batch_size", "latent_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+        if isinstance(self.n_segments, bool) or not isinstance(self.n_segments, int):
+            raise ValueError(f"n_segments must be a whole number, not {self.n_segments!r}")
 
     @property
     def is_fitted(self) -> bool:

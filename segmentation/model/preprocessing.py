@@ -81,6 +81,15 @@ def infer_feature_types(df: pd.DataFrame) -> dict[str, str]:
     for name in df.columns:
         col = df[name]
         nonnull = col.dropna()
+        if not (pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)) and len(nonnull):
+            as_number = pd.to_numeric(nonnull, errors="coerce")
+            share = float(as_number.notna().mean())
+            if 0.9 <= share < 1.0:  # a numeric column with a typo: never silently drop or recode it
+                bad = nonnull[as_number.isna()].astype(str).unique()[:3].tolist()
+                raise DataError(
+                    f"column {name!r} holds numbers and some text that is not a number (e.g. {bad}); clean it "
+                    "upstream or declare its type explicitly"
+                )
         if n > 1 and nonnull.nunique() == n and not pd.api.types.is_float_dtype(col):
             log.info("inferred: %r looks like an identifier (unique on every row); not used as a feature", name)
             continue
@@ -228,7 +237,13 @@ class TablePreprocessor:
     @staticmethod
     def _cat_raw(df: pd.DataFrame, name: str) -> pd.Series:
         col = df[name]
-        out = col.astype("string")
+        if pd.api.types.is_float_dtype(col):
+            # an integer code read as float (a CSV with one empty cell) must still say "1", not "1.0"
+            whole = col.notna() & (np.mod(col.fillna(0), 1) == 0)
+            out = col.astype("string")
+            out[whole] = col[whole].astype("int64").astype("string")
+        else:
+            out = col.astype("string")
         return out.where(col.notna(), other=pd.NA)
 
     # ---- fit / transform ------------------------------------------------------------------

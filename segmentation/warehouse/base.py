@@ -9,12 +9,14 @@ Design notes:
 """
 from __future__ import annotations
 
+import re
+
 import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import pyarrow as pa
 
@@ -30,34 +32,40 @@ class WarehouseError(RuntimeError):
     """A warehouse operation failed; the message names the table and the problem, never credentials."""
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with its password (if any) replaced by ``***``.
+_QUERY_SECRET = re.compile(r"(?i)((?:^|[?&;\s])(?:password|passwd|pwd)=)([^&;\s]*)")
 
-    Works on anything URL-shaped; a string that does not parse is returned with nothing after the
-    scheme, so a malformed URL can never leak a secret through this function.
-    """
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        scheme = url.split(":", 1)[0] if ":" in url else "?"
-        return f"{scheme}://***"
-    if password is None:
-        return url
-    # netloc is "user:pass@host:port"; rebuild it rather than str.replace so a password that
-    # happens to equal the user or host name is still the only part masked.
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+
+def _split_userinfo(url: str) -> tuple[str, str, str]:
+    """(scheme + "://", userinfo, rest) split by hand: a password may hold '#', '/', '?' or '@',
+    which make urlsplit put part of it into the host, path or fragment."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", url
+    at = rest.rfind("@")  # the host never holds '@'; a password may
+    if at < 0:
+        return scheme + sep, "", rest
+    return scheme + sep, rest[:at], rest[at + 1:]
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its password (in the userinfo or as a ``password=`` parameter) replaced
+    by ``***``. Never relies on the URL parsing cleanly, so a malformed URL cannot leak a secret."""
+    head, userinfo, rest = _split_userinfo(str(url))
+    if userinfo:
+        user, colon, _ = userinfo.partition(":")
+        userinfo = f"{user}:***" if colon else user
+        out = f"{head}{userinfo}@{rest}"
+    else:
+        out = f"{head}{rest}"
+    return _QUERY_SECRET.sub(lambda m: m.group(1) + "***", out)
 
 
 def _secrets_of(url: str) -> list[str]:
-    """The password of ``url`` as written and percent-decoded: what must never be shown."""
-    try:
-        raw = urlsplit(url).netloc.rpartition("@")[0].partition(":")[2]
-    except ValueError:
-        return [url]
-    return [s for s in {raw, unquote(raw)} if s]
+    """The passwords in ``url`` as written and percent-decoded: what must never be shown."""
+    _, userinfo, rest = _split_userinfo(str(url))
+    found = [userinfo.partition(":")[2]] if ":" in userinfo else []
+    found += [m.group(2) for m in _QUERY_SECRET.finditer(rest)]
+    return [s for s in {x for f in found for x in (f, unquote(f))} if s]
 
 
 def sql_snippet(sql: str) -> str:
