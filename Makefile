@@ -22,7 +22,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # pip on this project's machines warns about every local index folder it skips: noise, not news
 PIPQ := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help install demo test test-fast bench clean
+.PHONY: help install demo test clean
 
 help:
 	@echo "make demo   - set up, load the Online Retail demo warehouse and run the real Airflow DAG on it"

@@ -94,7 +94,7 @@ class ArtifactStore:
             raise ArtifactStoreError(f"cannot promote {version}: {self} holds no such model")
         new = _pointer_after_promotion(self._read_pointer(), version, run_date, reason)
         self._write(PRODUCTION, json.dumps(new, indent=2).encode())
-        log.info("artifacts: %s is production (run date %s)", new["version"], run_date)
+        log.info("artifacts: %s promoted for run date %s; production is now %s", version, run_date, new["version"])
 
     # ---- models ------------------------------------------------------------------------------
     def has_model(self, version: str) -> bool:

@@ -32,6 +32,8 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("great_expectations", "urllib3", "botocore", "numexpr", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if verbose < 1:  # dbt's own progress lines: with -v
+        logging.getLogger("segmentation.features.dbt").setLevel(logging.WARNING)
 
 
 def _read_table(path: str):

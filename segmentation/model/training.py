@@ -175,7 +175,7 @@ def train(
                 terms = compute_loss(net, cfg.estimator, b, tau=tau, kl_weight=w)
             if not torch.isfinite(terms.loss):
                 raise TrainingDiverged(
-                    f"training loss became {float(terms.loss)} at epoch {epoch + 1}, step {steps + 1}: "
+                    f"training loss became {float(terms.loss.detach())} at epoch {epoch + 1}, step {steps + 1}: "
                     "the model is unusable. Lower the learning rate, check the features for extreme values, "
                     "or declare heavy-tailed amounts as 'money'."
                 )
