@@ -85,8 +85,12 @@ def customer_segmentation():
     @task
     def extract(run: dict) -> dict:
         from segmentation import pipeline
+        from validation import ValidationFailed
 
-        return pipeline.extract(_url(), run)
+        try:
+            return pipeline.extract(_url(), run)
+        except ValidationFailed as exc:  # bad raw data does not fix itself on retry
+            raise AirflowFailException(f"raw data failed validation, nothing built or published:\n{exc}") from exc
 
     @task
     def features(run: dict, extracted: dict) -> dict:

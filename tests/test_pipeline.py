@@ -287,7 +287,7 @@ def test_validation_error_stops_before_training(night: Night) -> None:
     message = str(info.value)
     assert "raw.customers.customer_id" in message and "null" in message, message
     after = snapshot(night.url)
-    failed = assert_unchanged_except_one_failed_run(before, after, day, "validate")
+    failed = assert_unchanged_except_one_failed_run(before, after, day, "extract")
     assert "raw.customers.customer_id" in failed["message"]
     assert models(night.artifacts) == models_before, "a model was trained on data that failed validation"
     assert production(night.artifacts) == pointer_before
