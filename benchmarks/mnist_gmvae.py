@@ -202,7 +202,7 @@ DEFAULTS = dict(
     patience=10,
     validation_fraction=0.1,
 )
-QUICK = dict(seeds=[0], epochs=15, iw_samples=10)
+QUICK = dict(seeds=[0, 1], epochs=15, iw_samples=10)
 
 METRICS = ("hungarian_accuracy", "nmi", "ari", "elbo", "iw_log_likelihood", "train_accuracy",
            "train_seconds", "seconds_per_epoch", "seconds_per_step", "epochs_run", "best_epoch", "n_used")
