@@ -252,17 +252,18 @@ class ConcreteGMVAE:
     def transform(self, X: Any) -> np.ndarray:
         """Latent coordinates (mean of q(z|x,y) under the relaxed posterior), for maps and diagnostics."""
         out = []
-        for b in self._batches(X):
-            h, logits = self.network_.encode(b["x"])
-            zm, _ = self.network_.z_params(h, torch.softmax(logits, -1))
-            out.append(zm.float().cpu())
+        with _threads(self.n_threads):
+            for b in self._batches(X):
+                h, logits = self.network_.encode(b["x"])
+                zm, _ = self.network_.z_params(h, torch.softmax(logits, -1))
+                out.append(zm.float().cpu())
         return torch.cat(out).numpy()
 
     @torch.no_grad()
     def elbo(self, X: Any, seed: int = 0) -> np.ndarray:
         """Per-row evidence lower bound (the exact bound, summing over y), with seeded noise."""
         out = []
-        with torch.random.fork_rng(devices=[]):
+        with _threads(self.n_threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for b in self._batches(X, batch_size=2048):
                 terms = compute_loss(self.network_, "exact", b, tau=1.0, kl_weight=1.0)
@@ -277,7 +278,7 @@ class ConcreteGMVAE:
     def log_likelihood(self, X: Any, n_samples: int = 50, seed: int = 0) -> np.ndarray:
         """Importance-weighted estimate of log p(x) per row (tighter than the ELBO)."""
         out = []
-        with torch.random.fork_rng(devices=[]):
+        with _threads(self.n_threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for b in self._batches(X, batch_size=1024):
                 out.append(self.network_.iw_log_likelihood(b, n_samples=n_samples).float().cpu())
