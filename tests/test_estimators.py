@@ -102,9 +102,57 @@ def test_concrete_step_flops_grow_only_through_the_small_y_layers():
 
 
 def test_concrete_flat_in_k_at_realistic_width_while_exact_is_linear():
-    shape = dict(n_inputs=392, hidden=(512, 256), latent=10)  # 784 encoder inputs, like MNIST
+    shape = dict(n_inputs=784, hidden=(512, 256), latent=10)  # 784 encoder inputs, like MNIST
     conc2, conc200 = _step_flops("concrete", 2, **shape), _step_flops("concrete", 200, **shape)
     ex2, ex20 = _step_flops("exact", 2, **shape), _step_flops("exact", 20, **shape)
     assert conc200 / conc2 < 1.2, (conc2, conc200)
     assert ex20 / ex2 > 5, (ex2, ex20)
     assert ex20 / _step_flops("concrete", 20, **shape) > 5
+
+
+def test_relaxed_one_hot_is_a_concrete_sample():
+    """Our Gumbel noise (-log(-log u)) gives the Concrete distribution: at a low temperature the argmax
+    frequencies are the softmax probabilities (the Gumbel-max trick), and at tau=1 the sample means
+    agree with torch's own gumbel_softmax."""
+    from segmentation.model.network import relaxed_one_hot
+
+    torch.manual_seed(0)
+    logits = torch.tensor([[1.5, 0.0, -1.0, 0.5]]).expand(40000, 4).contiguous()
+    probs = torch.softmax(logits[0], -1)
+    cold = relaxed_one_hot(logits, tau=0.05)
+    freq = torch.bincount(cold.argmax(-1), minlength=4).float() / cold.shape[0]
+    assert torch.allclose(freq, probs, atol=0.01), (freq, probs)
+    assert torch.allclose(cold.sum(-1), torch.ones(cold.shape[0]), atol=1e-5)
+    ours = relaxed_one_hot(logits, tau=1.0).mean(0)
+    torchs = torch.nn.functional.gumbel_softmax(logits, tau=1.0).mean(0)
+    assert torch.allclose(ours, torchs, atol=0.01), (ours, torchs)
+    assert torch.isfinite(relaxed_one_hot(torch.tensor([[80.0, -80.0]]), tau=0.01)).all()
+
+
+def test_missing_indicators_only_for_features_missing_at_fit(caplog):
+    rng = np.random.default_rng(0)
+    n = 50
+    df = pd.DataFrame({"spend": rng.normal(5, 1, n), "visits": rng.poisson(2, n).astype(float),
+                       "tier": rng.choice(["a", "b"], n)})
+    df.loc[3, "spend"] = np.nan
+    types = {"spend": "continuous", "visits": "count", "tier": "categorical"}
+    pre = TablePreprocessor(types, min_level_count=1).fit(df)
+    assert pre.indicator_features == ["spend"]
+    batch = pre.transform(df)
+    # spend, visits, tier one-hot (a, b, __other__, __unknown__), one indicator
+    assert pre.layout.input_dim == batch["x"].shape[1] == 1 + 1 + 4 + 1
+    assert batch["x"][3, -1] == 1 and batch["x"][:, -1].sum() == 1
+    # a feature complete at fit but missing at scoring: masked out of the likelihood, and said
+    later = df.copy()
+    later.loc[[0, 1], "visits"] = np.nan
+    with caplog.at_level("WARNING"):
+        b2 = pre.transform(later)
+    assert "'visits' had no missing values in the training table but 2 of 50 rows are missing" in caplog.text
+    assert b2["count_mask"][:2, 0].sum() == 0 and torch.isfinite(b2["x"]).all()
+    # an artifact written before the rule (no flag) keeps an indicator for every feature
+    old = pre.to_dict()
+    for params in old["params"].values():
+        params.pop("missing_indicator")
+    legacy = TablePreprocessor.from_dict(old)
+    assert legacy.indicator_features == list(types)
+    assert legacy.transform(df)["x"].shape[1] == legacy.layout.input_dim == 1 + 1 + 4 + 3

@@ -37,6 +37,22 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+_U_EPS = 1e-7
+
+
+def relaxed_one_hot(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """One sample of the Concrete (Gumbel-softmax) relaxation of Cat(softmax(logits)) at temperature tau.
+
+    Gumbel noise as -log(-log(u)) from uniforms: the same distribution as ``F.gumbel_softmax`` (which
+    draws it through ``exponential_``), but about 3x cheaper on CPU. The noise is the only [B, K] work
+    of a concrete step besides two small linear maps, so this is what keeps an epoch at K=200 close to
+    one at K=2.
+    """
+    u = torch.rand_like(logits).clamp_(_U_EPS, 1.0 - _U_EPS)
+    gumbel = -torch.log(-torch.log(u))
+    return torch.softmax((logits + gumbel) / tau, dim=-1)
+
+
 @dataclass
 class LossTerms:
     """Per-row terms of the negative ELBO; ``loss`` is what the optimiser minimises (batch mean)."""
@@ -136,7 +152,7 @@ class GMVAENetwork(nn.Module):
         """One relaxed sample of y ~ Concrete(q(y|x), tau): cost independent of K (but the y layers)."""
         h, logits = self.encode(batch["x"])
         if sample:
-            y = F.gumbel_softmax(logits, tau=tau, hard=False)
+            y = relaxed_one_hot(logits, tau)
         else:  # deterministic variant used for tests: the tempered softmax without noise
             y = torch.softmax(logits / tau, dim=-1)
         zm, zlv = self.z_params(h, y)

@@ -13,8 +13,12 @@ matching likelihood head:
   ``__other__``; a level never seen in training maps to ``__unknown__`` at scoring time.
 
 Missing values are never filled in silently: they are masked out of the likelihood, the encoder sees
-a missing-indicator column for every feature, and the value slot itself holds 0 (the training mean
-after standardisation) only as an input placeholder.
+a missing-indicator column for every feature that had missing values in the training table, and the
+value slot itself holds 0 (the training mean after standardisation) only as an input placeholder.
+Like scikit-learn's ``MissingIndicator(features="missing-only")``, a feature complete at fit time gets
+no indicator: on a wide table of complete features (784 MNIST pixels) the indicators would be a
+quarter of the network's work and always zero. If such a feature turns up with missing values at
+scoring time, the rows are still masked out of the likelihood and a warning names the column.
 """
 from __future__ import annotations
 
@@ -164,9 +168,15 @@ class TablePreprocessor:
         return self._names(("categorical",))
 
     @property
+    def indicator_features(self) -> list[str]:
+        """Features with a missing-indicator input: those with missing values at fit time (artifacts
+        written before this rule carry no flag and had an indicator for every feature)."""
+        return [n for n in self.feature_types if self.params[n].get("missing_indicator", True)]
+
+    @property
     def layout(self) -> Layout:
         cat_sizes = [len(self.params[n]["levels"]) for n in self.categorical_features]
-        n_feat = len(self.feature_types)
+        n_feat = len(self.indicator_features)
         dense = len(self.gaussian_features) + len(self.count_features) + len(self.binary_features)
         return Layout(
             n_gaussian=len(self.gaussian_features),
@@ -277,6 +287,8 @@ class TablePreprocessor:
                 log.info("%s: %r: %d rare level(s) pooled into %s (%d rows)", self.table_name, n,
                          int((counts < self.min_level_count).sum()), OTHER, pooled)
             params[n] = {"levels": levels, "pooled": sorted(str(k) for k, c in counts.items() if c < self.min_level_count)}
+        for n in self.feature_types:
+            params[n]["missing_indicator"] = bool(df[n].isna().any())
         self.params = params
         return self
 
@@ -353,8 +365,15 @@ class TablePreprocessor:
             miss_cols[name] = ~obs
         out["categorical"], out["categorical_mask"] = torch.from_numpy(codes), torch.from_numpy(catm)
 
-        indicators = np.stack([miss_cols[nm] for nm in self.feature_types], axis=1).astype(np.float32)
-        inputs.append(indicators)
+        with_indicator = self.indicator_features
+        for nm in self.feature_types:
+            if nm not in with_indicator and miss_cols[nm].any():
+                log.warning("%s: column %r had no missing values in the training table but %d of %d rows are "
+                            "missing now; they are left out of its likelihood and the encoder sees the training "
+                            "mean (retrain to give the model a missing-value indicator for it)",
+                            self.table_name, nm, int(miss_cols[nm].sum()), n)
+        if with_indicator:
+            inputs.append(np.stack([miss_cols[nm] for nm in with_indicator], axis=1).astype(np.float32))
         out["x"] = torch.from_numpy(np.concatenate(inputs, axis=1))
         return out
 

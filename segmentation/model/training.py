@@ -193,7 +193,9 @@ def train(
         row: dict[str, Any] = {k: v / n for k, v in sums.items()}
         row.update(epoch=epoch + 1 + cfg.epoch_offset, tau=tau, kl_weight=w, steps=steps, seconds=seconds)
         if val_data is not None and val_data["x"].shape[0]:
-            val = evaluate_loss(net, cfg, val_data, tau=tau)
+            # the concrete bound depends on tau, which decays epoch by epoch: validating at the fixed
+            # floor tau_min keeps the early-stopping losses of different epochs comparable
+            val = evaluate_loss(net, cfg, val_data, tau=sched.tau_min)
             if not math.isfinite(val):
                 raise TrainingDiverged(f"validation loss became {val} at epoch {epoch + 1}")
             row["val_loss"] = val
