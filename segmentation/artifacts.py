@@ -6,6 +6,12 @@ Layout (the same in a local folder and on S3)::
     <root>/runs/<run_date>/features.parquet, assignments.parquet, validation*.json, profiles.json, ...
     <root>/production.json     {"version": ..., "history": [{"version", "run_date", "promoted_at", "reason"}]}
 
+Everything read back is checked for shape as well as syntax: a ``production.json`` or a model's
+``metadata.json`` that is valid JSON of the wrong shape (a list, a missing key, a history entry
+without a date) is refused with an error that names the file and what is wrong
+(``ArtifactStoreError``; ``ModelArtifactError`` for a model, which is also the model package's
+``ArtifactError``, so callers that fall back on an unreadable model fall back on it too).
+
 ``production.json`` is replaced atomically: a local file is written aside and renamed; an S3 object
 is replaced by one PUT, which readers see whole or not at all. Either way a reader gets the old
 pointer or the new one, never half of one.
@@ -27,14 +33,95 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from segmentation.model.artifact import METADATA, ArtifactError
+
 log = logging.getLogger(__name__)
 
 PRODUCTION = "production.json"
 _EMPTY_POINTER: dict[str, Any] = {"version": None, "history": []}
+_POINTER_SHAPE = '{"version": "<model version>" or null, "history": [{"version": ..., "run_date": "YYYY-MM-DD", ...}]}'
+# what ConcreteGMVAE.load reads from metadata.json: key -> expected JSON type
+_METADATA_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "kind": str, "format_version": int, "config": dict, "preprocessing": dict, "feature_types": dict,
+}
+_CONFIG_SHAPE: dict[str, type | tuple[type, ...]] = {"n_segments": int, "latent_dim": int, "hidden": list}
 
 
 class ArtifactStoreError(RuntimeError):
     pass
+
+
+class ModelArtifactError(ArtifactStoreError, ArtifactError):
+    """A stored model whose files cannot be used (missing, corrupt, or of the wrong shape)."""
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _pointer_problem(ptr: Any) -> str | None:
+    """What is wrong with a parsed production pointer (None: nothing)."""
+    if not isinstance(ptr, dict):
+        return f"it holds {_json_type(ptr)}, not an object"
+    if "history" not in ptr:
+        return "it has no 'history'"
+    if not isinstance(ptr["history"], list):
+        return f"'history' is {_json_type(ptr['history'])}, not a list"
+    if ptr.get("version") is not None and not isinstance(ptr["version"], str):
+        return f"'version' is {_json_type(ptr['version'])}, not a model version (text) or null"
+    for i, h in enumerate(ptr["history"]):
+        if not isinstance(h, dict):
+            return f"history[{i}] is {_json_type(h)}, not an object"
+        for key in ("version", "run_date"):
+            if not isinstance(h.get(key), str) or not h[key]:
+                return f"history[{i}] has no {key!r} (text)" if key not in h else \
+                    f"history[{i}][{key!r}] is {_json_type(h[key])}, not text"
+        try:
+            dt.date.fromisoformat(h["run_date"])
+        except ValueError:
+            return f"history[{i}]['run_date'] {h['run_date']!r} is not a date (YYYY-MM-DD)"
+    return None
+
+
+def metadata_problem(meta: Any) -> str | None:
+    """What is wrong with a parsed model ``metadata.json`` for loading it (None: nothing)."""
+    if not isinstance(meta, dict):
+        return f"it holds {_json_type(meta)}, not an object"
+    for key, kind in _METADATA_SHAPE.items():
+        if key not in meta:
+            return f"it has no {key!r}"
+        if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+            return f"{key!r} is {_json_type(meta[key])}"
+    if meta["kind"] != "ConcreteGMVAE":
+        return f"'kind' is {meta['kind']!r}, not 'ConcreteGMVAE'"
+    for key, kind in _CONFIG_SHAPE.items():
+        if key not in meta["config"]:
+            return f"'config' has no {key!r}"
+        if not isinstance(meta["config"][key], kind) or isinstance(meta["config"][key], bool):
+            return f"config[{key!r}] is {_json_type(meta['config'][key])}"
+    if "run" in meta and not isinstance(meta["run"], dict):
+        return f"'run' is {_json_type(meta['run'])}, not an object"
+    return None
+
+
+def check_model_dir(path: str | os.PathLike, shown: str | None = None) -> dict[str, Any]:
+    """The parsed ``metadata.json`` of a local model folder, or ``ModelArtifactError`` naming the file
+    (``shown``: how to name it, e.g. its S3 address) and what is wrong with it (missing, not JSON, or
+    JSON of the wrong shape)."""
+    path = Path(path) / METADATA
+    file = shown or str(path)
+    if not path.is_file():
+        raise ModelArtifactError(f"{file} is missing: no model is stored there (or it was only partly written)")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelArtifactError(f"{file} is not valid JSON ({exc}); the artifact is corrupt") from exc
+    problem = metadata_problem(meta)
+    if problem:
+        raise ModelArtifactError(f"{file} is not model metadata: {problem}; the artifact is corrupt (retrain, or "
+                                 "restore the model folder from backup)")
+    return meta
 
 
 def _pointer_after_promotion(ptr: dict[str, Any], version: str, run_date: dt.date, reason: str) -> dict[str, Any]:
@@ -64,19 +151,27 @@ class ArtifactStore:
     cache: Path
 
     # ---- production pointer ------------------------------------------------------------------
+    def _location(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
     def _read_pointer(self) -> dict[str, Any]:
         raw = self._read(PRODUCTION)
         if raw is None:
             return dict(_EMPTY_POINTER)
         try:
             ptr = json.loads(raw)
-            if not isinstance(ptr, dict) or "history" not in ptr:
-                raise ValueError("no history")
-            return ptr
         except (ValueError, UnicodeDecodeError) as exc:
             raise ArtifactStoreError(
-                f"{self}: {PRODUCTION} is corrupt ({exc}); restore it from backup or delete it to retrain from scratch"
+                f"{self._location(PRODUCTION)} is corrupt: not valid JSON ({exc}); restore it from backup or delete "
+                "it to retrain from scratch"
             ) from exc
+        problem = _pointer_problem(ptr)
+        if problem:
+            raise ArtifactStoreError(
+                f"{self._location(PRODUCTION)} is corrupt: {problem} (expected {_POINTER_SHAPE}); restore it from "
+                "backup or delete it to retrain from scratch"
+            )
+        return ptr
 
     def production(self) -> str | None:
         return self._read_pointer().get("version")
@@ -89,31 +184,79 @@ class ArtifactStore:
         an earlier date. Reruns and backfills use it, so they repeat what that night did."""
         return _production_as_of(self._read_pointer(), run_date)
 
-    def promote(self, version: str, run_date: dt.date, reason: str = "") -> None:
+    def promote(self, version: str, run_date: dt.date, reason: str = "", *, replace_unreadable: bool = False) -> bool:
+        """Make ``version`` the production model for ``run_date`` (and for later dates, unless a later
+        date has its own). Returns False when it already was (nothing is written: reruns leave the
+        pointer byte for byte as it was). ``replace_unreadable``: when the pointer is corrupt, keep
+        its bytes aside as ``production.json.corrupt-<UTC time>`` and start a new history with this
+        promotion, instead of raising."""
         if not self.has_model(version):
             raise ArtifactStoreError(f"cannot promote {version}: {self} holds no such model")
-        new = _pointer_after_promotion(self._read_pointer(), version, run_date, reason)
+        try:
+            ptr = self._read_pointer()
+        except ArtifactStoreError as exc:
+            if not replace_unreadable:
+                raise
+            aside = f"{PRODUCTION}.corrupt-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S%f}"
+            self._write(aside, self._read(PRODUCTION) or b"")
+            log.error("artifacts: %s; kept it as %s and started a new production history", exc, self._location(aside))
+            ptr = dict(_EMPTY_POINTER)
+        new = _pointer_after_promotion(ptr, version, run_date, reason)
+        if new["version"] == ptr.get("version") and \
+                any(h["run_date"] == str(run_date) and h["version"] == version for h in ptr["history"]):
+            return False  # already promoted for this date (a rerun)
         self._write(PRODUCTION, json.dumps(new, indent=2).encode())
         log.info("artifacts: %s promoted for run date %s; production is now %s", version, run_date, new["version"])
+        return True
 
     # ---- models ------------------------------------------------------------------------------
     def has_model(self, version: str) -> bool:
         return self._read(f"models/{version}/metadata.json") is not None
 
     def models(self) -> list[dict[str, Any]]:
-        """Every stored model with the run information saved in its metadata."""
+        """Every stored model with the run information saved in its metadata (a model whose
+        metadata is unreadable or of the wrong shape is left out, with a warning naming the file)."""
         out = []
         for version in self._list("models/"):
-            raw = self._read(f"models/{version}/metadata.json")
+            raw = self._read(f"models/{version}/{METADATA}")
             if raw is None:
                 continue
             try:
                 meta = json.loads(raw)
-            except ValueError:
-                log.warning("artifacts: models/%s/metadata.json is corrupt; ignored", version)
+                problem = metadata_problem(meta)
+            except (ValueError, UnicodeDecodeError) as exc:
+                problem = f"not valid JSON ({exc})"
+            if problem:
+                log.warning("artifacts: %s is not model metadata (%s); model %s ignored",
+                            self._location(f"models/{version}/{METADATA}"), problem, version)
                 continue
-            out.append({"version": version, "saved_at": meta.get("saved_at", ""), **meta.get("run", {})})
+            saved_at = meta.get("saved_at") if isinstance(meta.get("saved_at"), str) else ""
+            out.append({"version": version, "saved_at": saved_at, **meta.get("run", {})})
         return out
+
+    def model_metadata(self, version: str) -> dict[str, Any]:
+        """The checked ``metadata.json`` of a stored model (``ModelArtifactError`` names the file and
+        what is wrong when it is missing, not JSON, or of the wrong shape)."""
+        return check_model_dir(self.model_dir(version), self._location(f"models/{version}/{METADATA}"))
+
+    def load_model(self, version: str, device: str = "cpu") -> Any:
+        """``ConcreteGMVAE.load`` of a stored model, after checking its metadata's shape: every way a
+        stored model can be unusable raises ``ModelArtifactError`` (an ``ArtifactError``) naming the file."""
+        from segmentation import ConcreteGMVAE
+
+        path = self.model_dir(version)
+        check_model_dir(path, self._location(f"models/{version}/{METADATA}"))
+        try:
+            return ConcreteGMVAE.load(str(path), device=device)
+        except ArtifactError as exc:
+            if isinstance(exc, ModelArtifactError):
+                raise
+            raise ModelArtifactError(f"model {version} ({self._location(f'models/{version}')}): {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ModelArtifactError(
+                f"{self._location(f'models/{version}/{METADATA}')} does not describe a loadable model "
+                f"({type(exc).__name__}: {exc}); the artifact is corrupt"
+            ) from exc
 
     def new_model_dir(self) -> Path:
         """A fresh local folder to save a model into before ``add_model``."""
@@ -138,6 +281,10 @@ class LocalArtifactStore(ArtifactStore):
 
     def __repr__(self) -> str:
         return f"LocalArtifactStore({str(self.root)!r})"
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
 
     __str__ = __repr__
 
@@ -210,6 +357,16 @@ class S3ArtifactStore(ArtifactStore):
 
     def __repr__(self) -> str:
         return f"S3ArtifactStore({self.root!r})"
+
+    @property
+    def url(self) -> str:
+        """The address with its options (endpoint, encryption; never credentials): what another step
+        passes to ``open_store`` to reach the same store the same way."""
+        from urllib.parse import urlencode
+
+        opts = {k: v for k, v in (("endpoint_url", self.endpoint_url), ("sse", self.sse),
+                                  ("kms_key_id", self.kms_key_id)) if v}
+        return f"{self.root}?{urlencode(opts)}" if opts else self.root
 
     __str__ = __repr__
 
