@@ -5,6 +5,10 @@ For each segment: size and share; for each feature how the segment differs from 
 log for money and counts), typical values (medians), and top categories with their lift. The label
 joins the words of the one or two most distinctive features (the spec's ``high_label`` /
 ``low_label``) and a dominant category, e.g. "Recent, big spenders, Germany".
+
+Labels are kept from night to night: a segment id keeps the label it was last published with
+unless the segment really changed (the rules are spelled out above ``_label_all``); each profile
+says whether its label is new, kept or renamed, and why (``label_change``).
 """
 from __future__ import annotations
 
@@ -35,9 +39,14 @@ def _round(x: Any, nd: int = 3) -> Any:
     return round(float(x), nd)
 
 
-def profile_segments(features: pd.DataFrame, segment_ids: np.ndarray, spec: Spec) -> list[dict[str, Any]]:
-    """One dict per segment id present: segment_id, size, share, label, features (per-feature summary),
-    distinctive (features sorted by |effect|)."""
+def profile_segments(features: pd.DataFrame, segment_ids: np.ndarray, spec: Spec,
+                     previous: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One dict per segment id present: segment_id, size, share, label, label_traits, label_change,
+    features (per-feature summary), distinctive (features sorted by |effect|).
+
+    ``previous``: the previous published run's profiles, segment id -> {"label", "share", "summary"}
+    (``summary`` the parsed JSON of ``segment_profiles.summary``): an id keeps its label unless the
+    segment really changed (see ``_label_all``)."""
     seg = pd.Series(np.asarray(segment_ids), index=features.index)
     n = len(features)
     base: dict[str, dict[str, Any]] = {}
@@ -72,6 +81,10 @@ def profile_segments(features: pd.DataFrame, segment_ids: np.ndarray, spec: Spec
                     mean=_round(pd.to_numeric(col, errors="coerce").mean()),
                     effect=_round(eff),
                     direction="higher" if eff > 0 else "lower",
+                    # on the model's scale (log for money and counts): how far the segment itself
+                    # moved from one night to the next, whatever happened to the rest of the base
+                    scaled_mean=_round(s.mean(), 4),
+                    base_sd=_round(b["sd"], 4),
                 )
                 if np.isfinite(eff):
                     effects.append((f.name, float(eff)))
@@ -88,15 +101,16 @@ def profile_segments(features: pd.DataFrame, segment_ids: np.ndarray, spec: Spec
     numeric = [f for f in spec.features if f.type != "categorical"]
     scaled = pd.DataFrame({f.name: _scale(features[f.name], f.type) for f in numeric})
     corr = scaled.corr(method="spearman") if len(numeric) > 1 else None
-    _label_all(spec, out, corr)
+    _label_all(spec, out, corr, previous)
     return out
 
 
 def _trait_words(spec: Spec, effects: list[tuple[str, float]], feats: dict[str, Any],
-                 corr: pd.DataFrame | None = None) -> list[str]:
-    """Words for the segment's traits, most distinctive first, skipping a feature strongly correlated
-    with one already used ("lapsed" and "spending less lately" say the same thing twice)."""
-    words: list[str] = []
+                 corr: pd.DataFrame | None = None) -> list[tuple[str, str]]:
+    """(trait key, words) for the segment's traits, most distinctive first, skipping a feature
+    strongly correlated with one already used ("lapsed" and "spending less lately" say the same
+    thing twice). A trait key is ``feature:higher`` or ``feature:lower``."""
+    words: list[tuple[str, str]] = []
     used: list[str] = []
     for name, eff in effects:
         if abs(eff) < MIN_EFFECT:
@@ -106,16 +120,18 @@ def _trait_words(spec: Spec, effects: list[tuple[str, float]], feats: dict[str, 
             continue
         used.append(name)
         f = spec.feature(name)
-        words.append((f.high_label if eff > 0 else f.low_label) or f"{'high' if eff > 0 else 'low'} {name.replace('_', ' ')}")
+        text = (f.high_label if eff > 0 else f.low_label) or f"{'high' if eff > 0 else 'low'} {name.replace('_', ' ')}"
+        words.append((f"{name}:{'higher' if eff > 0 else 'lower'}", text))
     return words
 
 
-def _category_words(spec: Spec, feats: dict[str, Any]) -> list[str]:
+def _category_words(spec: Spec, feats: dict[str, Any]) -> list[tuple[str, str]]:
+    """(trait key ``feature=value``, value) for each dominant category."""
     out = []
     for f in spec.features:
         top = feats[f.name].get("top") if f.type == "categorical" else None
         if top and top[0]["share"] and top[0]["share"] >= MIN_CATEGORY_SHARE and (top[0]["lift"] or 0) >= MIN_CATEGORY_LIFT:
-            out.append(top[0]["value"])
+            out.append((f"{f.name}={top[0]['value']}", top[0]["value"]))
     return out
 
 
@@ -126,31 +142,216 @@ def _compose(words: list[str]) -> str:
     return text[0].upper() + text[1:]
 
 
-def _label_all(spec: Spec, profiles: list[dict[str, Any]], corr: pd.DataFrame | None = None) -> None:
-    """Two traits (plus a dominant category) per label; where two segments would read the same
-    (same words in any order), each gets further traits until they differ, else the id."""
+def _label_key(label: str) -> frozenset[str]:
+    """Labels that read the same (same words in any order, any case) have the same key."""
+    return frozenset(part.strip().lower() for part in label.split(","))
+
+
+def _fresh_labels(spec: Spec, profiles: list[dict[str, Any]], corr: pd.DataFrame | None) -> dict[int, dict[str, Any]]:
+    """Tonight's labels derived from the profiles alone: two traits (plus a dominant category) per
+    label; where two segments would read the same (same words in any order), each gets further
+    traits until they differ, else the id. Returns {segment_id: {"label", "traits", "words", "cats"}}."""
     traits = {p["segment_id"]: _trait_words(spec, p["_effects"], p["features"], corr) for p in profiles}
     cats = {p["segment_id"]: _category_words(spec, p["features"]) for p in profiles}
     n_words = {sid: 2 for sid in traits}
     for _ in range(4):
         keys: dict[frozenset, list[int]] = {}
         for sid, words in traits.items():
-            keys.setdefault(frozenset(words[: n_words[sid]] + cats[sid]), []).append(sid)
+            keys.setdefault(frozenset(w for _, w in words[: n_words[sid]] + cats[sid]), []).append(sid)
         clashes = [sids for sids in keys.values() if len(sids) > 1]
         if not clashes:
             break
         for sids in clashes:
             for sid in sids:
                 n_words[sid] += 1
-    for p in profiles:
-        sid = p["segment_id"]
-        p["label"] = _compose(traits[sid][: n_words[sid]] + cats[sid])
+    out: dict[int, dict[str, Any]] = {}
+    for sid in traits:
+        used = traits[sid][: n_words[sid]] + cats[sid]
+        out[sid] = {"label": _compose([w for _, w in used]), "traits": [k for k, _ in used],
+                    "words": traits[sid], "cats": cats[sid], "n_words": n_words[sid]}
     seen: dict[str, int] = {}
+    for v in out.values():
+        seen[v["label"]] = seen.get(v["label"], 0) + 1
+    for sid, v in out.items():
+        if seen[v["label"]] > 1:
+            v["label"] = f"{v['label']} (segment {sid})"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# labels kept from night to night
+# ---------------------------------------------------------------------------------------------
+# A segment id keeps the label it was published with last night unless the segment REALLY CHANGED.
+# It really changed when BOTH
+#   1. the label derived tonight rests on other traits than last night's label (the set of trait
+#      keys differs: "monetary:higher", "recency_days:lower", "country=Germany", ...; the same
+#      traits in another order are the same label), AND
+#   2. the segment moved materially, i.e. at least one of
+#      a. last night's label is no longer true: one of its numeric traits has flipped sign or its
+#         effect fell below TRAIT_GONE_EFFECT (half of MIN_EFFECT, so a trait hovering around the
+#         labelling threshold does not flip the label every other night), or one of its categories
+#         is no longer among the segment's top ones with a share of at least TRAIT_GONE_SHARE;
+#      b. the segment itself shifted: its mean of some feature (on the model's scale: log for money
+#         and counts) moved by more than MATERIAL_SHIFT standard deviations of the whole base since
+#         last night (its own values, so a change elsewhere in the base that merely moves every
+#         segment's effect sizes does not rename segments that stayed the same);
+#      c. the segment's share of customers changed by more than MATERIAL_SHARE_CHANGE, relative
+#         (e.g. from 10% to over 15% or under 5%).
+# Otherwise the label is kept word for word (and kept labels win any clash with new ones).
+# A renamed or new segment never takes a label another active segment holds, nor one another
+# segment id held last night (a label never jumps from one id to another between two nights):
+# it gets further traits until it reads differently, else its id in brackets.
+TRAIT_GONE_EFFECT = 0.25
+TRAIT_GONE_SHARE = 0.4
+MATERIAL_SHIFT = 0.5
+MATERIAL_SHARE_CHANGE = 0.5
+
+
+def _traits_of_summary(spec: Spec, summary: dict[str, Any]) -> list[str]:
+    """Trait keys of a label published before labels carried them: the two most distinctive
+    numeric features (no correlation pruning: the base is not at hand) plus dominant categories."""
+    feats = summary.get("features") or {}
+    effects = [(name, float(e["effect"])) for name, e in feats.items()
+               if isinstance(e, dict) and isinstance(e.get("effect"), (int, float)) and name in spec.feature_names]
+    effects.sort(key=lambda t: -abs(t[1]))
+    keys = [k for k, _ in _trait_words(spec, effects, feats)[:2]]
+    cats = []
+    for f in spec.features:
+        top = (feats.get(f.name) or {}).get("top") if f.type == "categorical" else None
+        if top and (top[0].get("share") or 0) >= MIN_CATEGORY_SHARE and (top[0].get("lift") or 0) >= MIN_CATEGORY_LIFT:
+            cats.append(f"{f.name}={top[0]['value']}")
+    return keys + cats
+
+
+def _numeric_trait(trait: str) -> bool:
+    """``feature:higher`` / ``feature:lower`` (else a category trait ``feature=value``)."""
+    name, sep, direction = trait.rpartition(":")
+    return bool(sep) and direction in ("higher", "lower") and "=" not in name
+
+
+def _trait_holds(trait: str, feats: dict[str, Any]) -> bool:
+    if not _numeric_trait(trait):
+        name, _, value = trait.partition("=")
+        top = (feats.get(name) or {}).get("top") or []
+        return any(t.get("value") == value and (t.get("share") or 0) >= TRAIT_GONE_SHARE and (t.get("lift") or 0) > 1
+                   for t in top)
+    name, _, direction = trait.rpartition(":")
+    eff = (feats.get(name) or {}).get("effect")
+    if not _number(eff):
+        return False
+    return (eff if direction == "higher" else -eff) >= TRAIT_GONE_EFFECT
+
+
+def _trait_text(trait: str) -> str:
+    if _numeric_trait(trait):
+        name, _, direction = trait.rpartition(":")
+        return f"{direction} {name}"
+    name, _, value = trait.partition("=")
+    return f"mostly {name} {value}"
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _material_change(p: dict[str, Any], prev: dict[str, Any], prev_traits: list[str]) -> str | None:
+    """Why the segment changed materially since last night (None: it did not); see the rules above."""
+    feats = p["features"]
+    gone = [t for t in prev_traits if not _trait_holds(t, feats)]
+    if gone:
+        return f"its label no longer fits: no longer {', '.join(_trait_text(t) for t in gone)}"
+    before = (prev.get("summary") or {}).get("features") or {}
+    shifts = []
+    for name, entry in feats.items():
+        old = before.get(name) or {}
+        if _number(old.get("scaled_mean")) and _number(entry.get("scaled_mean")) and _number(entry.get("base_sd")) \
+                and entry["base_sd"] > 0:
+            shift = (entry["scaled_mean"] - old["scaled_mean"]) / entry["base_sd"]
+        elif _number(old.get("effect")) and _number(entry.get("effect")):  # published before scaled means were kept
+            shift = entry["effect"] - old["effect"]
+        else:
+            continue
+        if abs(shift) > MATERIAL_SHIFT:
+            shifts.append((abs(shift), name, shift))
+    if shifts:
+        _, name, shift = max(shifts)
+        return f"its {name} moved by {shift:+.2f} standard deviations"
+    s0 = prev.get("share")
+    if isinstance(s0, (int, float)) and s0 > 0 and abs(p["share"] - s0) / s0 > MATERIAL_SHARE_CHANGE:
+        return f"share of customers changed from {s0:.1%} to {p['share']:.1%}"
+    return None
+
+
+def _distinct(words: list[str], cats: list[str], n: int, sid: int, blocked: set[frozenset[str]]) -> tuple[str, int]:
+    """The label of the first ``n`` trait words (then n + 1, ...) plus the categories that no one
+    holds; else that label with the id in brackets. Returns (label, trait words used)."""
+    for m in range(n, max(n, len(words)) + 1):
+        label = _compose(words[:m] + cats)
+        if _label_key(label) not in blocked:
+            return label, m
+    return f"{_compose(words[:n] + cats)} (segment {sid})", n
+
+
+def _label_all(spec: Spec, profiles: list[dict[str, Any]], corr: pd.DataFrame | None = None,
+               previous: dict[int, dict[str, Any]] | None = None) -> None:
+    """Set each profile's ``label``, ``label_traits`` and ``label_change`` ({"status": "new" |
+    "kept" | "renamed", "previous_label", "reason"}), keeping last night's labels (``previous``:
+    segment id -> {"label", "share", "summary"} of the previous published run) by the rules above."""
+    fresh = _fresh_labels(spec, profiles, corr)
+    previous = previous or {}
+    final: dict[int, tuple[str, list[str], dict[str, Any]]] = {}
+    pending: list[tuple[dict[str, Any], dict[str, Any]]] = []   # new and renamed ids, labelled last
+    taken: set[frozenset[str]] = set()
+    for p in sorted(profiles, key=lambda q: q["segment_id"]):
+        sid, new = p["segment_id"], fresh[p["segment_id"]]
+        prev = previous.get(sid)
+        if not prev or not prev.get("label"):
+            pending.append((p, {"status": "new", "previous_label": None,
+                                "reason": "new segment" if previous else "first run"}))
+            continue
+        summary = prev.get("summary") if isinstance(prev.get("summary"), dict) else {}
+        prev_traits = summary.get("label_traits")
+        if not isinstance(prev_traits, list):
+            prev_traits = _traits_of_summary(spec, summary)
+        old = str(prev["label"])
+        if _label_key(old) == _label_key(new["label"]):
+            change = {"status": "kept", "previous_label": old, "reason": "same traits"}
+        elif set(prev_traits) == set(new["traits"]):
+            change = {"status": "kept", "previous_label": old,
+                      "reason": f"same traits (tonight's wording would be {new['label']!r})"}
+        else:
+            moved = _material_change(p, prev, prev_traits)
+            change = {"status": "renamed", "previous_label": old, "reason": moved} if moved else {
+                "status": "kept", "previous_label": old,
+                "reason": f"segment has not really changed (tonight's traits would read {new['label']!r})"}
+        if change["status"] == "kept" and _label_key(old) in taken:  # two ids held one label (should not happen)
+            change = {"status": "renamed", "previous_label": old, "reason": f"label {old!r} is held by another segment"}
+        if change["status"] == "renamed":
+            pending.append((p, change))
+            continue
+        final[sid] = (old, [str(t) for t in prev_traits], change)
+        taken.add(_label_key(old))
+    # a label another id held last night stays with it: labels never jump between ids overnight
+    last_night = {sid: _label_key(str(v["label"])) for sid, v in previous.items() if v.get("label")}
+    for p, change in pending:
+        sid, new = p["segment_id"], fresh[p["segment_id"]]
+        blocked = taken | {k for other, k in last_night.items() if other != sid}
+        words, cats, n = new["words"], new["cats"], new["n_words"]
+        if _label_key(new["label"]) not in blocked:
+            label, m = new["label"], n
+        else:
+            label, m = _distinct([w for _, w in words], [w for _, w in cats], n, sid, blocked)
+            key = _label_key(new["label"])
+            holder = next((f"segment {o}" for o, (lab, _, _) in final.items() if _label_key(lab) == key), None) or \
+                next((f"segment {o} (last night)" for o, k in last_night.items() if k == key and o != sid), "another segment")
+            change = dict(change, reason=f"{change['reason']}; {new['label']!r} is held by {holder}, so {label!r}")
+        if change["status"] == "renamed" and _label_key(label) == _label_key(change["previous_label"]):
+            label, change = change["previous_label"], {"status": "kept", "previous_label": label,
+                                                       "reason": "same label derived tonight"}
+        final[sid] = (label, [k for k, _ in words[:m]] + [k for k, _ in cats], change)
+        taken.add(_label_key(label))
     for p in profiles:
-        seen[p["label"]] = seen.get(p["label"], 0) + 1
-    for p in profiles:
-        if seen[p["label"]] > 1:
-            p["label"] = f"{p['label']} (segment {p['segment_id']})"
+        p["label"], p["label_traits"], p["label_change"] = final[p["segment_id"]]
         del p["_effects"]
 
 
@@ -168,7 +369,9 @@ def profiles_tables(profiles: list[dict[str, Any]]):
         "size": pa.array([p["size"] for p in profiles], pa.int64()),
         "share": pa.array([p["share"] for p in profiles], pa.float64()),
         "summary": pa.array(
-            [json.dumps({"features": p["features"], "distinctive": p["distinctive"]}, sort_keys=True) for p in profiles],
+            [json.dumps({"features": p["features"], "distinctive": p["distinctive"],
+                         "label_traits": p.get("label_traits", []), "label_change": p.get("label_change")},
+                        sort_keys=True) for p in profiles],
             pa.string(),
         ),
     })

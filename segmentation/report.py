@@ -348,10 +348,9 @@ def _latent_inputs(data: ReportData) -> None:
         data.notes["map"] = "the run record names no model version"
         return
     try:
-        from segmentation import ConcreteGMVAE
         from segmentation.artifacts import open_store
 
-        model = ConcreteGMVAE.load(str(open_store(data.run["artifacts"]).model_dir(version)))
+        model = open_store(data.run["artifacts"]).load_model(version)
         seg = _segments_of_features(data)
         data.latent = latent_map(model, data.features, seg)
         data.latent["model_version"] = version
@@ -966,6 +965,23 @@ def _map(data: ReportData) -> str:
             f'mix, customers sit between two segments.</p></div></div></section>')
 
 
+def _renamed(data: ReportData) -> str:
+    """Segments whose label changed since the previous run, with the reason the publish step
+    recorded (``label_change`` in profiles.json); labels are otherwise kept from night to night."""
+    items = []
+    for p in data.profiles:
+        sid = int(p["segment_id"])
+        change = p.get("label_change") if isinstance(p.get("label_change"), dict) else {}
+        old = change.get("previous_label") or data.previous_labels.get(sid)
+        if old is not None and old != data.label(sid):
+            why = f" ({_e(change['reason'])})" if change.get("reason") else ""
+            items.append(f"<li>{sid}: renamed from “{_e(old)}” to “{_e(data.label(sid))}”{why}</li>")
+    if not items:
+        return '<p class="note">No segment was renamed: each segment seen in the previous run kept its label.</p>'
+    return (f'<h3>Renamed segments</h3><p class="note">A segment keeps its label from run to run unless the segment '
+            f'itself really changed.</p><ul>{"".join(items)}</ul>')
+
+
 def _changes(data: ReportData) -> tuple[str, dict[str, Any] | None]:
     head = '<section id="changes" aria-labelledby="h-changes"><h2 id="h-changes">Changes since the previous run</h2>'
     if data.previous is None or data.assignments is None:
@@ -985,12 +1001,7 @@ def _changes(data: ReportData) -> tuple[str, dict[str, Any] | None]:
         for n, r, c in sorted(flat, reverse=True)[:5]:
             moves.append(f"<li>{_customers(n)}: {r} · {_e(data.label(r))} → {c} · {_e(data.label(c))}</li>")
     moves_html = f'<h3>Largest moves</h3><ul>{"".join(moves)}</ul>' if moves else ""
-    relabelled = []
-    for sid in data.segment_ids:
-        old = data.previous_labels.get(sid)
-        if old is not None and old != data.label(sid):
-            relabelled.append(f"<li>{sid}: “{_e(old)}” → “{_e(data.label(sid))}”</li>")
-    relabel_html = f'<h3>Renamed segments</h3><ul>{"".join(relabelled)}</ul>' if relabelled else ""
+    relabel_html = _renamed(data)
     return (f'{head}{lead}<div class="panel">{changes_svg(data, tm)}</div>{moves_html}{relabel_html}</section>', tm)
 
 
@@ -1064,8 +1075,8 @@ def render_html(data: ReportData) -> str:
             f'customers in {len(data.profiles)} segments</p></header>'
             f'<nav aria-label="Sections">{nav}</nav><main>{body}'
             f'<footer>Generated {_e(data.generated_at)} by segmentation.report. Segment ids are kept stable from run '
-            f'to run; labels are generated from the features that set each segment apart and may change when a '
-            f'segment changes.</footer></main></body></html>\n')
+            f'to run; labels are generated from the features that set each segment apart and are kept from run to run '
+            f'unless the segment really changes.</footer></main></body></html>\n')
 
 
 # ---------------------------------------------------------------------------------------------
