@@ -110,7 +110,8 @@ def start_run(
         "spec_path": spec.path,
         "n_segments": k,
         "full_retrain": bool(full_retrain),
-        "artifacts": str(store.root),
+        # with its S3 options (endpoint, encryption): every later step must reach the store the same way
+        "artifacts": store.url,
         "trigger": trigger,
         "started_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
@@ -245,9 +246,22 @@ def validate(url: str, run: dict[str, Any], extracted: dict[str, Any] | None = N
     return {"status": result["status"], "drift_detected": result["drift_detected"], "path": str(out / "validation.json")}
 
 
+def _production_as_of(store, run_date: dt.date) -> tuple[str | None, str | None]:
+    """(the production model for ``run_date``, None), or (None, why) when the production pointer is
+    unreadable: the run then goes on as on a first night (retrain from scratch) instead of failing,
+    and publishing replaces the broken pointer (its bytes are kept aside)."""
+    from segmentation.artifacts import ArtifactStoreError
+
+    try:
+        return store.production_as_of(run_date), None
+    except ArtifactStoreError as exc:
+        log.error("artifacts: %s", exc)
+        return None, str(exc)
+
+
 def _production_reference(run: dict[str, Any]) -> dict | None:
     store = _store(run)
-    version = store.production_as_of(_date(run["run_date"]))
+    version, _ = _production_as_of(store, _date(run["run_date"]))
     if not version:
         return None
     try:
@@ -315,6 +329,10 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     - refresh: warm-start from the model in production for this date and fine-tune a few epochs;
     - retrain: from scratch, when there is no production model, on a manual ``full_retrain``, when
       validation saw drift, when the production lineage is a week old, or when K changed.
+
+    ``promoted`` in the result (and in the run record) means the new model passed the promotion
+    gate: the production pointer itself moves only in ``publish``, after the publish transaction
+    has committed, so a run that fails to publish leaves production as it was.
     """
     from segmentation import ConcreteGMVAE
     from segmentation.model.artifact import ArtifactError
@@ -324,7 +342,7 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     df = _read_features(run)
     settings = _model_settings(spec, run)
     run_date = _date(run["run_date"])
-    base = store.production_as_of(run_date)
+    base, pointer_problem = _production_as_of(store, run_date)
 
     earlier = _model_trained_for(store, run)
     if earlier and not run["full_retrain"]:
@@ -338,13 +356,15 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     base_model = None
     if run["full_retrain"]:
         reason = "full retrain requested"
+    elif pointer_problem:
+        reason = f"production pointer unreadable ({pointer_problem})"
     elif not base:
         reason = "no model in production yet"
     elif validated and validated.get("drift_detected"):
         reason = "feature drift against the production model's training data"
     else:
         try:
-            base_model = ConcreteGMVAE.load(str(store.model_dir(base)), device=settings["device"])
+            base_model = store.load_model(base, device=settings["device"])
         except ArtifactError as exc:
             log.error("train: the production model %s cannot be loaded (%s); retraining from scratch", base, exc)
             reason, base_model = f"production model {base} unreadable: {exc}", None
@@ -386,7 +406,7 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     problems = _gate(model, len(df))
     if base:
         if base_score is None and _compatible(store, base, spec, run) and _loadable(store, base):
-            base_score = float(ConcreteGMVAE.load(str(store.model_dir(base))).score(df))
+            base_score = float(store.load_model(base).score(df))
         if base_score is not None and score_now < base_score - ELBO_MARGIN * abs(base_score):
             problems.append(f"ELBO {score_now:.3f} is worse than production's {base_score:.3f} by more than {ELBO_MARGIN:.0%}")
     promoted = not problems
@@ -406,9 +426,10 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
             "scoring_version": "self" if promoted else fallback, "kept_reason": kept_reason}
     version = _save_model(model, store, run, info, df)
     if promoted:
-        store.promote(version, run_date, reason=f"{mode}: {reason}")
+        # the pointer moves in publish, once the run's rows are committed (_promote_after_publish)
         scoring_version = version
-        log.info("train: %s promoted to production (%.1f s)", version, seconds)
+        log.info("train: %s passed the promotion gate (%.1f s); it becomes the production model when this run is "
+                 "published", version, seconds)
     elif kept_reason:
         scoring_version = fallback
     else:
@@ -435,11 +456,10 @@ def _last_retrain_date(store, spec: Spec, run_date: dt.date) -> dt.date | None:
 
 
 def _loadable(store, version: str) -> bool:
-    from segmentation import ConcreteGMVAE
     from segmentation.model.artifact import ArtifactError
 
     try:
-        ConcreteGMVAE.load(str(store.model_dir(version)))
+        store.load_model(version)
         return True
     except ArtifactError as exc:
         log.error("artifacts: model %s cannot be loaded: %s", version, exc)
@@ -448,7 +468,13 @@ def _loadable(store, version: str) -> bool:
 
 def _compatible(store, version: str, spec: Spec, run: dict[str, Any]) -> bool:
     """Whether a stored model can score tonight's features (same features and types, same K)."""
-    meta = json.loads((store.model_dir(version) / "metadata.json").read_text())
+    from segmentation.model.artifact import ArtifactError
+
+    try:
+        meta = store.model_metadata(version)
+    except ArtifactError as exc:
+        log.error("artifacts: model %s cannot be used: %s", version, exc)
+        return False
     return meta.get("feature_types") == spec.feature_types and meta["config"]["n_segments"] == run["n_segments"]
 
 
@@ -529,12 +555,10 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from segmentation import ConcreteGMVAE
-
     spec = _spec(run)
     store = _store(run)
     version = trained["scoring_version"]
-    model = ConcreteGMVAE.load(str(store.model_dir(version)))
+    model = store.load_model(version)
     df = _read_features(run)
     proba = model.predict_proba(df)
     order = np.argsort(-proba, axis=1)
@@ -563,9 +587,67 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
 # ---------------------------------------------------------------------------------------------
 # 7. publish (+ profiles)
 # ---------------------------------------------------------------------------------------------
+def _previous_profiles(url: str, run: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Label, share and summary (parsed JSON) per segment id of the latest successful run before this
+    date: the labels tonight's segments keep unless they really changed (``profiles._label_all``)."""
+    from segmentation.publish import PROFILES, RUNS
+    from segmentation.warehouse import connect
+
+    schema = _spec(run).output_schema
+    with connect(url) as wh:
+        if not (wh.table_exists(schema, RUNS) and wh.table_exists(schema, PROFILES)):
+            return {}
+        got = wh.query(
+            f"SELECT segment_id, label, share, summary FROM {wh.qualified(schema, PROFILES)} WHERE run_date = "
+            f"(SELECT max(run_date) FROM {wh.qualified(schema, RUNS)} WHERE status = 'success' AND run_date < ?)",
+            [_date(run["run_date"])],
+        ).to_pylist()
+    out = {}
+    for r in got:
+        try:
+            summary = json.loads(r["summary"]) if r["summary"] else {}
+        except ValueError:
+            summary = {}
+        out[int(r["segment_id"])] = {"label": r["label"], "share": r["share"],
+                                     "summary": summary if isinstance(summary, dict) else {}}
+    return out
+
+
+def _promote_after_publish(run: dict[str, Any], trained: dict[str, Any]) -> str | None:
+    """After the run's rows are committed, record in the production pointer the model they were
+    scored with, for the run's date: the new model when it passed the promotion gate (it becomes the
+    production model only now, so a run that fails to publish leaves production as it was and the
+    next night scores with the old model), else the production model the run kept or fell back on
+    (so each published date names its model, and a late rerun of an earlier date never replaces the
+    model of a later night). Idempotent: a rerun leaves the pointer byte for byte as it is. A broken
+    pointer is replaced (its bytes kept aside). Returns the version recorded."""
+    version = trained.get("scoring_version")
+    if not version:
+        return None
+    new_model = version == trained.get("model_version") and trained.get("mode") != "keep"
+    if new_model and not trained.get("promoted"):  # never: a model that failed the gate does not score
+        raise PipelineError(f"model {version} failed the promotion gate yet scored the run; not promoting it")
+    store = _store(run)
+    reason = f"{trained.get('mode')}: {trained.get('reason')}" if new_model else \
+        f"{trained.get('mode')}: scored with the production model ({trained.get('reason')})"
+    try:
+        changed = store.promote(version, _date(run["run_date"]), reason=reason, replace_unreadable=True)
+    except Exception as exc:
+        raise PipelineError(
+            f"run {run['run_id']} is published, but its model {version} could not be recorded as the production model "
+            f"({exc}); the production pointer is unchanged: rerun the publish step (it republishes identical rows and "
+            "records the model)"
+        ) from exc
+    if changed and new_model:
+        log.info("publish: %s is now the production model (run date %s)", version, run["run_date"])
+    return version
+
+
 def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict[str, Any],
             validated: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Profile the segments, check the outputs, and publish everything in one transaction."""
+    """Profile the segments (labels kept from the previous run unless a segment really changed),
+    check the outputs, publish everything in one transaction, and only then move the production
+    pointer to the run's model when it passed the promotion gate."""
     import pyarrow.parquet as pq
 
     from segmentation.profiles import profile_segments, profiles_tables
@@ -577,7 +659,12 @@ def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict
     df = _read_features(run)
     assignments = pq.read_table(_store(run).run_file(run["run_date"], "assignments.parquet"))
     seg_ids = assignments.column("segment_id").to_numpy()
-    profiles = profile_segments(df, seg_ids, spec)
+    profiles = profile_segments(df, seg_ids, spec, previous=_previous_profiles(url, run))
+    for p in profiles:
+        change = p["label_change"]
+        if change["status"] == "renamed":
+            log.info("publish: segment %d renamed from %r to %r (%s)", p["segment_id"], change["previous_label"],
+                     p["label"], change["reason"])
     (_run_dir(run) / "profiles.json").write_text(json.dumps(profiles, indent=2))
     _store(run).put_run_file(run["run_date"], _run_dir(run) / "profiles.json")
     segments_tbl, profiles_tbl = profiles_tables(profiles)
@@ -595,7 +682,8 @@ def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict
         "finished_at": finished,
         "n_segments": len(profiles),
         "n_customers": assignments.num_rows,
-        "metrics": {"segments": {str(p["segment_id"]): {"size": p["size"], "label": p["label"]} for p in profiles}},
+        "metrics": {"segments": {str(p["segment_id"]): {"size": p["size"], "label": p["label"],
+                                                         "label_change": p["label_change"]} for p in profiles}},
         "validation": {"status": (validated or {}).get("status"), "drift_detected": (validated or {}).get("drift_detected"),
                        "outputs": outputs.status},
         "stability": scored.get("stability", {}),
@@ -610,12 +698,13 @@ def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict
                     profiles=profiles_tbl, run_record=record)
     log.info("publish: %d customers in %d segments written to %s (run %s)", assignments.num_rows, len(profiles),
              spec.output_schema, run["run_id"])
+    _promote_after_publish(run, trained)
     return {
         "schema": spec.output_schema,
         "run_id": run["run_id"],
         "n_customers": assignments.num_rows,
-        "segments": [{"segment_id": p["segment_id"], "label": p["label"], "size": p["size"], "share": round(p["share"], 4)}
-                     for p in profiles],
+        "segments": [{"segment_id": p["segment_id"], "label": p["label"], "size": p["size"], "share": round(p["share"], 4),
+                      "label_status": p["label_change"]["status"]} for p in profiles],
         "degraded": degraded,
     }
 

@@ -10,7 +10,12 @@ minute); every test below runs on top of it, in file order:
   published table exactly as it was and records a failed run under its own run id;
 - an error-severity validation failure stops the run before training: no new model, tables
   unchanged, and the error names table and column;
-- the second night (D + 1) keeps segment ids stable (the share of customers that moved is printed).
+- the second night (D + 1) keeps segment ids stable (the share of customers that moved is printed)
+  and every segment's label.
+
+A small synthetic run (no dbt: the features snapshot is put into the store) checks, in seconds,
+that the production pointer moves only once the publish has committed, and that a production
+pointer or model metadata of the wrong shape makes the night retrain instead of failing.
 """
 from __future__ import annotations
 
@@ -325,6 +330,10 @@ def test_second_night_keeps_segment_ids_stable(night: Night) -> None:
     assert all(segments[s]["last_run_date"] == day and segments[s]["status"] == "active" for s in first_ids)
     profiles = [p for p in rows(night.url, PROFILES) if p["run_date"] == day]
     assert sum(p["size"] for p in profiles) == len(current)
+    # the same customers a day later: every segment keeps its label (issue 8)
+    first_labels = {r["segment_id"]: r["label"] for r in night.snapshot[SEGMENTS]}
+    assert {s: segments[s]["label"] for s in first_ids} == {s: first_labels[s] for s in first_ids}
+    assert {s["label_status"] for s in result["segments"]} == {"kept"}, result["segments"]
 
 
 @pytest.mark.slow
@@ -355,3 +364,146 @@ def test_refresh_night_keeps_segment_ids_stable(night: Night, monkeypatch: pytes
     assert moved == st["moved_customers"]          # the reported share is what the tables show
     assert {r["segment_id"] for r in current} <= set(previous.values())
     assert duplicates(night.url) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# a small synthetic run (no dbt, no demo): the features snapshot is put straight into the store,
+# then the real train, score and publish steps run. Seconds, not minutes; also used by
+# test_labels.py and test_artifacts.py.
+# ---------------------------------------------------------------------------------------------
+SYNTHETIC_SPEC = {
+    "name": "synthetic",
+    "entity_key": "customer_id",
+    "features_relation": {"schema": "features", "table": "customer_features"},
+    "output_schema": SCHEMA,
+    "model": {"n_segments": 3, "latent_dim": 3, "hidden": [32], "epochs": 15, "kl_anneal_epochs": 3,
+              "batch_size": 128, "seed": 0, "device": "cpu"},
+    "features": [
+        {"name": "spend", "type": "money", "high_label": "big spenders", "low_label": "small spenders"},
+        {"name": "visits", "type": "count", "high_label": "frequent", "low_label": "rare visitors"},
+        {"name": "satisfaction", "type": "continuous", "high_label": "happy", "low_label": "unhappy"},
+        {"name": "promo_opt_in", "type": "binary", "high_label": "promo fans", "low_label": "promo-averse"},
+        {"name": "region", "type": "categorical"},
+    ],
+}
+S1, S2, S3 = dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3)
+
+
+def synthetic_customers(n: int = 900, k: int = 3, seed: int = 3) -> Any:
+    from segmentation.synthetic import planted_customers
+
+    df, _ = planted_customers(n=n, k=k, seed=seed, missing=0.05)
+    return df
+
+
+def synthetic_run(root: Path, day: dt.date, df: Any, *, artifacts: str | None = None, **options: Any) -> dict[str, Any]:
+    """``start_run`` for ``day`` with the synthetic spec, and ``df`` as the run's features snapshot."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec = root / "synthetic.json"
+    if not spec.exists():
+        spec.write_text(json.dumps(SYNTHETIC_SPEC))
+    run = pipeline.start_run(day, spec_path=str(spec), artifacts=artifacts or str(root / "artifacts"), **options)
+    store = pipeline._store(run)
+    path = store.run_dir(run["run_date"]) / "features.parquet"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+    store.put_run_file(run["run_date"], path)
+    return run
+
+
+def synthetic_night(url: str, run: dict[str, Any]) -> dict[str, Any]:
+    """train, score and publish (no drift seen): the steps the DAG runs after validation."""
+    trained = pipeline.train(url, run, {"status": "passed", "drift_detected": False})
+    scored = pipeline.score(url, run, trained)
+    published = pipeline.publish(url, run, trained, scored, {"status": "passed", "drift_detected": False})
+    return {"training": trained, "stability": scored["stability"], **published}
+
+
+def test_production_moves_only_after_the_publish_commits(warehouse_url: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 5: a model that passed the gate but whose run failed to publish never becomes the
+    production model: the pointer and every published table stay as they were, the next night scores
+    with the old production model, and a rerun of the failed date publishes and promotes it then."""
+    from segmentation import publish as publish_module
+
+    df = synthetic_customers()
+    first = synthetic_night(warehouse_url, synthetic_run(tmp_path, S1, df))
+    store = pipeline._store(synthetic_run(tmp_path, S1, df))
+    v1 = first["training"]["model_version"]
+    assert first["training"]["mode"] == "retrain" and first["training"]["promoted"]
+    assert store.production() == v1          # moved by publish (nothing else promotes)
+    pointer_before = production(tmp_path / "artifacts")
+    tables_before = checksums(snapshot(warehouse_url))
+
+    # night 2: a refresh that passes the gate, then the publish transaction fails
+    monkeypatch.setattr(pipeline, "KEEP_MARGIN", -math.inf)
+    run2 = synthetic_run(tmp_path, S2, df)
+    trained = pipeline.train(warehouse_url, run2, {"drift_detected": False})
+    assert trained["mode"] == "refresh" and trained["promoted"] and trained["gate"] == [], trained
+    v2 = trained["model_version"]
+    assert v2 != v1 and store.production() == v1, "train moved the production pointer"
+    scored = pipeline.score(warehouse_url, run2, trained)
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("injected failure inside the publish transaction")
+
+    monkeypatch.setattr(publish_module, "_write_run_row", broken)  # the last write of the transaction
+    with pytest.raises(RuntimeError, match="injected failure"):
+        pipeline.publish(warehouse_url, run2, trained, scored)
+    monkeypatch.undo()
+    assert production(tmp_path / "artifacts") == pointer_before
+    assert checksums(snapshot(warehouse_url)) == tables_before
+
+    # night 3 scores with the old production model (kept or refreshed from it)
+    third = synthetic_night(warehouse_url, synthetic_run(tmp_path, S3, df))
+    assert third["training"]["base_version"] == v1, third["training"]
+    assert store.production_as_of(S3) == v1
+
+    # the failed date, rerun: the model it trained is reused, published, and only now promoted for
+    # its date; night 3, published since with the old model, keeps it (production is not demoted)
+    rerun = synthetic_night(warehouse_url, synthetic_run(tmp_path, S2, df))
+    assert rerun["training"]["mode"] == "reuse" and rerun["training"]["model_version"] == v2
+    history = {h["run_date"]: h["version"] for h in store.production_history()}
+    assert history[S2.isoformat()] == v2 and history[S3.isoformat()] == third["training"]["scoring_version"]
+    assert store.production() == third["training"]["scoring_version"]
+    record = rows(warehouse_url, RUNS, "WHERE run_id = ?", [f"synthetic-{S2.isoformat()}"])[0]
+    assert json.loads(record["training"])["promoted"] is True
+    pointer = production(tmp_path / "artifacts")
+    synthetic_night(warehouse_url, synthetic_run(tmp_path, S2, df))  # a second rerun leaves the pointer as it is
+    assert production(tmp_path / "artifacts") == pointer
+
+
+@pytest.mark.parametrize("payload", [b"[]", b'{"version": "v1"}', b'{"version": "v1", "history": [{"version": "v1"}]}'])
+def test_unreadable_production_pointer_falls_back_to_a_retrain(tmp_path: Path, payload: bytes) -> None:
+    """Issue 5: a production.json of the wrong shape is named in the log and the run record; the
+    night retrains from scratch (as for an unreadable model), and publishing writes a new pointer,
+    keeping the broken one aside."""
+    url = f"duckdb:///{tmp_path}/warehouse.duckdb"
+    df = synthetic_customers()
+    synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "production.json").write_bytes(payload)
+    second = synthetic_night(url, synthetic_run(tmp_path, S2, df))
+    training = second["training"]
+    assert training["mode"] == "retrain" and "production pointer unreadable" in training["reason"], training
+    assert str(artifacts / "production.json") in training["reason"]
+    store = pipeline._store(synthetic_run(tmp_path, S2, df))
+    assert store.production() == training["model_version"]
+    (aside,) = artifacts.glob("production.json.corrupt-*")
+    assert aside.read_bytes() == payload
+
+
+def test_model_metadata_of_the_wrong_shape_falls_back_to_a_retrain(tmp_path: Path) -> None:
+    """Issue 5: the production model's metadata.json is valid JSON but not model metadata: the next
+    night says which file and what is wrong, and retrains instead of crashing."""
+    url = f"duckdb:///{tmp_path}/warehouse.duckdb"
+    df = synthetic_customers()
+    first = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    meta = tmp_path / "artifacts" / "models" / first["training"]["model_version"] / "metadata.json"
+    good = json.loads(meta.read_text())
+    meta.write_text(json.dumps({k: v for k, v in good.items() if k != "config"}))
+    second = synthetic_night(url, synthetic_run(tmp_path, S2, df))
+    training = second["training"]
+    assert training["mode"] == "retrain", training
+    assert f"{meta} is not model metadata: it has no 'config'" in training["reason"], training["reason"]
