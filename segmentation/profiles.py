@@ -84,6 +84,7 @@ def profile_segments(features: pd.DataFrame, segment_ids: np.ndarray, spec: Spec
                     # on the model's scale (log for money and counts): how far the segment itself
                     # moved from one night to the next, whatever happened to the rest of the base
                     scaled_mean=_round(s.mean(), 4),
+                    base_mean=_round(b["mean"], 4),
                     base_sd=_round(b["sd"], 4),
                 )
                 if np.isfinite(eff):
@@ -187,10 +188,14 @@ def _fresh_labels(spec: Spec, profiles: list[dict[str, Any]], corr: pd.DataFrame
 #      keys differs: "monetary:higher", "recency_days:lower", "country=Germany", ...; the same
 #      traits in another order are the same label), AND
 #   2. the segment moved materially, i.e. at least one of
-#      a. last night's label is no longer true: one of its numeric traits has flipped sign or its
-#         effect fell below TRAIT_GONE_EFFECT (half of MIN_EFFECT, so a trait hovering around the
-#         labelling threshold does not flip the label every other night), or one of its categories
-#         is no longer among the segment's top ones with a share of at least TRAIT_GONE_SHARE;
+#      a. the segment no longer fits last night's label: for one of its numeric traits, the
+#         segment's own mean tonight, measured against LAST NIGHT's base (mean and SD), lies less
+#         than TRAIT_GONE_EFFECT SDs on the label's side (half of MIN_EFFECT, so a trait hovering
+#         around the labelling threshold does not flip the label every other night), or against
+#         tonight's base it now lies at least MIN_EFFECT on the opposite side (the label says the
+#         opposite of the truth); or one of its categories no longer holds TRAIT_GONE_SHARE of the
+#         segment. (Last night's yardstick: when only the rest of the base moved, say a large
+#         segment turned "promo-averse" too, an unchanged segment keeps its "promo-averse" label.)
 #      b. the segment itself shifted: its mean of some feature (on the model's scale: log for money
 #         and counts) moved by more than MATERIAL_SHIFT standard deviations of the whole base since
 #         last night (its own values, so a change elsewhere in the base that merely moves every
@@ -229,17 +234,26 @@ def _numeric_trait(trait: str) -> bool:
     return bool(sep) and direction in ("higher", "lower") and "=" not in name
 
 
-def _trait_holds(trait: str, feats: dict[str, Any]) -> bool:
+def _trait_holds(trait: str, feats: dict[str, Any], before: dict[str, Any]) -> bool:
+    """Whether the segment (``feats``: tonight's profile) still fits ``trait`` of last night's label
+    (``before``: last night's profile features); see rule 2a above."""
     if not _numeric_trait(trait):
         name, _, value = trait.partition("=")
         top = (feats.get(name) or {}).get("top") or []
-        return any(t.get("value") == value and (t.get("share") or 0) >= TRAIT_GONE_SHARE and (t.get("lift") or 0) > 1
-                   for t in top)
+        return any(t.get("value") == value and (t.get("share") or 0) >= TRAIT_GONE_SHARE for t in top)
     name, _, direction = trait.rpartition(":")
-    eff = (feats.get(name) or {}).get("effect")
-    if not _number(eff):
+    sign = 1.0 if direction == "higher" else -1.0
+    now, old = feats.get(name) or {}, before.get(name) or {}
+    if not _number(now.get("effect")):
         return False
-    return (eff if direction == "higher" else -eff) >= TRAIT_GONE_EFFECT
+    if now["effect"] * sign <= -MIN_EFFECT:
+        return False
+    if _number(now.get("scaled_mean")) and _number(old.get("base_mean")) and _number(old.get("base_sd")) \
+            and old["base_sd"] > 0:
+        own = (now["scaled_mean"] - old["base_mean"]) / old["base_sd"]
+    else:  # last night's profile predates the yardstick: tonight's effect
+        own = now["effect"]
+    return own * sign >= TRAIT_GONE_EFFECT
 
 
 def _trait_text(trait: str) -> str:
@@ -257,10 +271,10 @@ def _number(x: Any) -> bool:
 def _material_change(p: dict[str, Any], prev: dict[str, Any], prev_traits: list[str]) -> str | None:
     """Why the segment changed materially since last night (None: it did not); see the rules above."""
     feats = p["features"]
-    gone = [t for t in prev_traits if not _trait_holds(t, feats)]
+    before = (prev.get("summary") or {}).get("features") or {}
+    gone = [t for t in prev_traits if not _trait_holds(t, feats, before)]
     if gone:
         return f"its label no longer fits: no longer {', '.join(_trait_text(t) for t in gone)}"
-    before = (prev.get("summary") or {}).get("features") or {}
     shifts = []
     for name, entry in feats.items():
         old = before.get(name) or {}

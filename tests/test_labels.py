@@ -166,7 +166,7 @@ def test_labels_published_before_they_carried_traits_are_kept(spec, customers) -
     df, seg = customers
     night1 = published(profile_segments(df, seg, spec))
     for entry in night1.values():
-        entry["summary"] = {"features": {k: {kk: vv for kk, vv in v.items() if kk not in ("scaled_mean", "base_sd")}
+        entry["summary"] = {"features": {k: {kk: vv for kk, vv in v.items() if kk not in ("scaled_mean", "base_mean", "base_sd")}
                                          for k, v in entry["summary"]["features"].items()},
                             "distinctive": entry["summary"]["distinctive"]}
     night2 = profile_segments(df, seg, spec, previous=night1)
