@@ -22,12 +22,15 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # pip on this project's machines warns about every local index folder it skips: noise, not news
 PIPQ := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help install demo test clean
+.PHONY: help install demo test clean bench bench-quick bench-report
 
 help:
 	@echo "make demo   - set up, load the Online Retail demo warehouse and run the real Airflow DAG on it"
 	@echo "make test   - set up and run the test suite (PostgreSQL tests need 127.0.0.1:5432)"
 	@echo "make clean  - remove .data (warehouse, artifacts, Airflow home); keeps .venv"
+	@echo "make bench        - every benchmark (an hour or more), then benchmarks/RESULTS.md with plots"
+	@echo "make bench-quick  - a few-minute smoke run of every benchmark into benchmarks/out/quick/"
+	@echo "make bench-report - only rewrite benchmarks/RESULTS.md from the JSON in benchmarks/results/"
 
 $(BIN)/.installed: pyproject.toml
 	@echo "== setting up $(VENV) with $(PYTHON)"
@@ -64,3 +67,15 @@ test: install
 
 clean:
 	rm -rf $(SEGMENT_DATA_DIR)
+
+# Benchmarks (benchmarks/README.md). Niced, one torch/BLAS thread: the machines are shared.
+BENCH_NICE ?= nice -n 10
+
+bench: install
+	$(BENCH_NICE) $(BIN)/python benchmarks/run_all.py
+
+bench-quick: install
+	$(BENCH_NICE) $(BIN)/python benchmarks/run_all.py --quick
+
+bench-report: install
+	$(BIN)/python benchmarks/results_md.py

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training cost of the concrete vs the exact GMVAE estimator as the number of segments K grows.
 
-For each K (default 2 10 20 50 200) and each estimator it fits ``ConcreteGMVAE`` for a few epochs
+For each K (default 2 5 10 20 50 100 200) and each estimator it fits ``ConcreteGMVAE`` for a few epochs
 on the same binarised-MNIST training rows and network as benchmarks/mnist_gmvae.py, and reads the
 per-epoch training seconds and step counts from ``history_`` (the training loop's own timer: the
 minibatch steps only, not validation or preprocessing). The first epoch is a warm-up and is not
@@ -17,7 +17,7 @@ and the concrete largest-K / smallest-K ratio.
 
 Examples
 --------
-  python benchmarks/k_scaling.py                        # K = 2 10 20 50 200, 4 epochs each
+  python benchmarks/k_scaling.py                        # K = 2 5 10 20 50 100 200, 4 epochs each
   python benchmarks/k_scaling.py --ks 2 20 --epochs 3   # a subset
   python benchmarks/k_scaling.py --flops-only           # FLOP counts only (seconds)
 """
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("Examples")[0].strip(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--ks", type=int, nargs="+", default=[2, 10, 20, 50, 200], help="numbers of segments K")
+    p.add_argument("--ks", type=int, nargs="+", default=[2, 5, 10, 20, 50, 100, 200], help="numbers of segments K")
     p.add_argument("--estimators", nargs="+", choices=("concrete", "exact"), default=["concrete", "exact"])
     p.add_argument("--epochs", type=int, default=4, help="epochs per fit; the first is warm-up (default 4)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
