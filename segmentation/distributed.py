@@ -305,7 +305,7 @@ def _ddp_train(ddp, net, train_data, val_data, cfg, generator, ctx: DistContext,
         if not math.isfinite(row["loss"]):
             raise TrainingDiverged(f"training loss became {row['loss']} at epoch {epoch + 1}")
         if n_val:
-            local_val = evaluate_loss(net, cfg, val_data, tau=tau) * n_val_local if n_val_local else 0.0
+            local_val = evaluate_loss(net, cfg, val_data, tau=cfg.schedules.tau_min) * n_val_local if n_val_local else 0.0
             val = float(ctx.all_reduce(torch.tensor([local_val], dtype=torch.float64, device=dev))[0]) / n_val
             if not math.isfinite(val):
                 raise TrainingDiverged(f"validation loss became {val} at epoch {epoch + 1}")
@@ -338,7 +338,7 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from segmentation.model import artifact
-    from segmentation.model.training import fit_metrics
+    from segmentation.model.training import fit_metrics, pretrain_init
     from segmentation.model.estimator import _CONFIG_KEYS, _threads
     from segmentation.model.evaluation import segment_usage
     from segmentation.model.network import GMVAENetwork
@@ -414,6 +414,10 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
         train_data = {k: v[tr_idx] for k, v in data.items()}
         val_data = {k: v[val_idx] for k, v in data.items()} if n_val else None
         del data
+        if not refresh and model.init == "pretrain" and int(model.pretrain_epochs) > 0 and ctx.is_main:
+            # the data-driven start of single-process training, on rank 0's shard; DDP then hands
+            # rank 0's weights to every rank when it wraps the network
+            pretrain_init(net, train_data, cfg, torch.Generator().manual_seed(seed), int(model.pretrain_epochs), seed)
         find_unused = _unused_parameters(net, cfg.estimator, {k: v[:8].to(cfg.device) for k, v in train_data.items()})
         wrapped = _loss_module(net, cfg.estimator)
         ddp = DDP(wrapped, device_ids=[cfg.device.index] if cfg.device.type == "cuda" else None,

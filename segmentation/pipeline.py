@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 _MODEL_KEYS = (
     "n_segments", "latent_dim", "hidden", "estimator", "tau_start", "tau_min", "tau_decay", "kl_anneal_epochs",
     "epochs", "batch_size", "learning_rate", "patience", "validation_fraction", "min_level_count", "seed",
-    "device", "n_threads", "bf16",
+    "device", "n_threads", "bf16", "init", "pretrain_epochs",
 )
 REFRESH_EPOCHS = 5           # fine-tuning epochs of a nightly refresh
 REFRESH_LEARNING_RATE = 3e-4  # gentler than training: a refresh adapts, it must not reshuffle

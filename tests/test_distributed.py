@@ -125,7 +125,8 @@ def test_training_pod_entrypoint_under_torchrun(tmp_path):
     result = json.loads(xcom.read_text())
     assert result["world_size"] == 2 and result["mode"] == "retrain" and result["promoted"], result
     assert len(json.dumps(result)) < 2000  # references only: nothing large through XCom
-    assert store.production() == result["model_version"]
+    # the pod only trains and gates: the production pointer moves when the run's publish commits
+    assert store.production() is None
     model = ConcreteGMVAE.load(str(store.model_dir(result["model_version"])))
     assert model.metrics_["distributed"]["world_size"] == 2
     assert adjusted_rand_score(seg, model.predict(df)) >= 0.9

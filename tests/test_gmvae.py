@@ -182,3 +182,19 @@ def test_warm_start_refresh_keeps_preprocessing_and_continues(planted, fitted):
     assert m.preprocessor_.params["region"]["levels"] == levels_before
     assert m.metrics_["refresh"] is True
     assert adjusted_rand_score(seg, m.predict(df)) >= 0.85
+
+
+def test_pretrained_start_already_finds_the_planted_segments(planted):
+    """init='pretrain' (autoencoder, then k-means on the latent space -> p(z|y), q(y|x)) gives a start
+    that holds the planted segments after one GMVAE epoch; a random start does not yet."""
+    df, seg = planted
+    one_epoch = dict(FAST, epochs=1, validation_fraction=0.0)
+    pre = ConcreteGMVAE(n_segments=4, seed=0, pretrain_epochs=10, **one_epoch).fit(df, FEATURE_TYPES)
+    rnd = ConcreteGMVAE(n_segments=4, seed=0, init="random", **one_epoch).fit(df, FEATURE_TYPES)
+    ari_pre, ari_rnd = adjusted_rand_score(seg, pre.predict(df)), adjusted_rand_score(seg, rnd.predict(df))
+    assert ari_pre >= 0.75 and ari_pre > ari_rnd + 0.3, (ari_pre, ari_rnd)
+    info = pre.metrics_["init"]
+    assert info["init"] == "pretrain" and info["pretrain_epochs"] == 10 and sum(info["kmeans_cluster_sizes"]) == len(df)
+    assert rnd.metrics_["init"] == {"init": "random"}
+    with pytest.raises(ValueError, match="init must be 'pretrain' or 'random'"):
+        ConcreteGMVAE(init="kmeans").fit(df, FEATURE_TYPES)

@@ -135,6 +135,117 @@ def evaluate_loss(net: GMVAENetwork, cfg: TrainConfig, data: dict[str, torch.Ten
     return total / max(n, 1)
 
 
+@torch.no_grad()
+def _latent_means(net: GMVAENetwork, data: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Means of q(z|x, y) with y at the uniform vector: the encoder's map before any segment exists."""
+    net.eval()
+    out = []
+    uniform = torch.full((1, net.K), 1.0 / net.K, device=device)
+    for start in range(0, data["x"].shape[0], 4096):
+        h, _ = net.encode(data["x"][start : start + 4096].to(device))
+        zm, _ = net.z_params(h, uniform.expand(h.shape[0], -1))
+        out.append(zm.float().cpu())
+    net.train()
+    return torch.cat(out)
+
+
+def pretrain_init(
+    net: GMVAENetwork,
+    train_data: dict[str, torch.Tensor],
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    epochs: int,
+    seed: int = 0,
+    max_cluster_rows: int = 100_000,
+) -> dict[str, Any]:
+    """A data-driven start for the mixture (the recipe of VaDE, Jiang et al. 2017, on our network).
+
+    A GMVAE started from random weights places its K components before the encoder has learnt
+    anything, and its segments tend to settle on whatever split the first epochs happen to find
+    (on MNIST: 0.52 Hungarian accuracy). Instead:
+
+    1. train the encoder and decoder as an autoencoder for ``epochs`` epochs, with y held at the
+       uniform vector (no segment yet). z gets a little Gaussian noise (sd 0.1) so the decoder
+       already tolerates the sampling noise of the VAE phase, and a small L2 pull on z keeps its
+       scale near the prior's;
+    2. k-means with K clusters on the latent means (a seeded sample of at most ``max_cluster_rows``
+       rows): the centres become p(z|y)'s means, and the within-cluster variance pooled over the
+       clusters (per latent dimension) their variance. Per-cluster variances start some components
+       much sharper than others, and on planted CRM data one of those then lost all its rows;
+    3. fit the y head (a linear map of the encoder's last layer) to the k-means labels for a few
+       epochs, encoder frozen, so q(y|x) starts out agreeing with p(z|y).
+
+    The GMVAE training that follows then refines a sensible split (on MNIST: 0.69). Returns a
+    summary for the model's metrics.
+    """
+    from sklearn.cluster import KMeans
+
+    t0 = time.perf_counter()
+    device = cfg.device
+    n = int(train_data["x"].shape[0])
+    K = net.K
+    if n < 2 * K:
+        log.info("pretraining skipped: %d training rows are too few for %d segments", n, K)
+        return {"init": "random", "reason": f"{n} rows < 2 x {K} segments"}
+    net.to(device)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
+    uniform = torch.full((1, K), 1.0 / K, device=device)
+    rec = math.nan
+    for epoch in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        total = 0.0
+        for start in range(0, n, cfg.batch_size):
+            b = batch_to(train_data, perm[start : start + cfg.batch_size], device)
+            h, _ = net.encode(b["x"])
+            zm, _ = net.z_params(h, uniform.expand(h.shape[0], -1))
+            log_lik = net.decode_log_lik(zm + 0.1 * torch.randn_like(zm), b)
+            loss = -log_lik.mean() + 1e-3 * zm.pow(2).sum(-1).mean()
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"pretraining loss became {float(loss.detach())} at epoch {epoch + 1}: lower the learning rate "
+                    "or check the features for extreme values (or use init='random')"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            opt.step()
+            total += float(log_lik.detach().sum())
+        rec = total / n
+        log.info("pretraining epoch %d/%d (autoencoder) rec=%.3f", epoch + 1, epochs, rec)
+    # ---- k-means on the latent means -> p(z|y) -------------------------------------------------
+    rows = torch.randperm(n, generator=generator)[:max_cluster_rows]
+    z = _latent_means(net, {"x": train_data["x"][rows]}, device).double().numpy()
+    km = KMeans(n_clusters=K, n_init=3, random_state=int(seed)).fit(z)
+    labels = torch.from_numpy(km.labels_.astype("int64"))
+    sizes = torch.bincount(labels, minlength=K)
+    var = torch.stack([
+        torch.from_numpy(z[km.labels_ == k].var(0)) if sizes[k] > 1 else torch.ones(z.shape[1], dtype=torch.float64)
+        for k in range(K)
+    ])
+    with torch.no_grad():
+        net.prior_mean.copy_(torch.from_numpy(km.cluster_centers_).to(net.prior_mean))
+        net.prior_logvar.copy_(torch.log(var.mean(0, keepdim=True).expand_as(var) + 1e-3).to(net.prior_logvar))
+    # ---- q(y|x) starts out agreeing with the clusters -------------------------------------------
+    head_opt = torch.optim.Adam(net.y_logits.parameters(), lr=1e-2)
+    x_rows = train_data["x"][rows]
+    for _ in range(3):
+        perm = torch.randperm(len(rows), generator=generator)
+        for start in range(0, len(rows), cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            with torch.no_grad():
+                h, _ = net.encode(x_rows[idx].to(device))
+            loss = torch.nn.functional.cross_entropy(net.y_logits(h), labels[idx].to(device))
+            head_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            head_opt.step()
+    seconds = time.perf_counter() - t0
+    log.info("pretraining done in %.1f s: %d autoencoder epochs, k-means on %d rows, cluster sizes %d-%d",
+             seconds, epochs, len(rows), int(sizes.min()), int(sizes.max()))
+    return {"init": "pretrain", "pretrain_epochs": epochs, "pretrain_rec": rec, "kmeans_rows": int(len(rows)),
+            "kmeans_cluster_sizes": sizes.tolist(), "pretrain_seconds": seconds}
+
+
 def _progress(cfg: TrainConfig, total: int):
     interactive = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     if not interactive:
