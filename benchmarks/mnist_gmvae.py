@@ -201,6 +201,8 @@ DEFAULTS = dict(
     kl_anneal_epochs=0,
     patience=10,
     validation_fraction=0.1,
+    init="pretrain",
+    pretrain_epochs=20,
 )
 QUICK = dict(seeds=[0, 1], epochs=15, iw_samples=10)
 
@@ -243,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--kl-anneal-epochs", type=int, default=DEFAULTS["kl_anneal_epochs"])
     m.add_argument("--patience", type=int, default=DEFAULTS["patience"])
     m.add_argument("--validation-fraction", type=float, default=DEFAULTS["validation_fraction"])
+    m.add_argument("--init", choices=("pretrain", "random"), default=DEFAULTS["init"],
+                   help="start of the mixture: autoencoder + k-means ('pretrain') or random weights")
+    m.add_argument("--pretrain-epochs", type=int, default=DEFAULTS["pretrain_epochs"])
     m.add_argument("--iw-samples", type=int, default=None, help="importance samples for log p(x) (default 50)")
     return p
 
@@ -266,6 +271,7 @@ def model_config(args: argparse.Namespace, estimator: str, seed: int) -> dict[st
         kl_anneal_epochs=args.kl_anneal_epochs, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, patience=args.patience, validation_fraction=args.validation_fraction,
         seed=seed, device="cpu", n_threads=args.threads, progress=False,
+        init=args.init, pretrain_epochs=args.pretrain_epochs,
     )
 
 

@@ -319,7 +319,8 @@ def score_shard(run: dict[str, Any], trained: dict[str, Any], shard: dict[str, A
     version = trained["scoring_version"]
     parts_dir = store.run_dir(run["run_date"]) / PARTS_DIR
     out = parts_dir / part_name(shard["shard"])
-    stats = score_parquet(str(store.model_dir(version)), snapshot, out, batch_rows, id_column=spec.entity_key,
+    # the store's checked load: a wrong-shaped or corrupt artifact is an error naming the file
+    stats = score_parquet(store.load_model(version), snapshot, out, batch_rows, id_column=spec.entity_key,
                           row_range=(shard["start"], shard["stop"]))
     if stats["rows"] != shard["rows"]:
         raise RuntimeError(f"shard {shard['shard']}: scored {stats['rows']} rows, planned {shard['rows']}")
@@ -377,8 +378,7 @@ def finalize_scores(url: str, run: dict[str, Any], trained: dict[str, Any], shar
     ids = np.concatenate([pq.read_table(p, columns=[spec.entity_key]).column(0).to_numpy(zero_copy_only=False)
                           for p in parts]).astype(str)
     top = np.concatenate([pq.read_table(p, columns=["cluster"]).column(0).to_numpy() for p in parts])
-    meta = json.loads((store.model_dir(trained["scoring_version"]) / "metadata.json").read_text())
-    k = int(meta["config"]["n_segments"])
+    k = int(store.model_metadata(trained["scoring_version"])["config"]["n_segments"])
     mapping, stability = assign_segment_ids(url, run, trained["scoring_version"], ids, top, k)
     del ids, top
     run_dir = _run_dir(run)

@@ -149,3 +149,12 @@ def test_sharded_run_scoring_equals_pipeline_score(tmp_path, table, model_dir):
     assert json.loads((store.run_dir(run["run_date"]) / "segment_mapping.json").read_text()) == expected_map
     with pytest.raises(pipeline.PipelineError, match="do not cover"):
         finalize_scores(url, run, trained, results[:2])
+    # a wrong-shaped metadata.json is an error naming the file on the sharded path too, not a KeyError
+    from segmentation.artifacts import ModelArtifactError
+
+    meta_file = store.model_dir("v1") / "metadata.json"
+    meta_file.write_text(json.dumps(["not", "an", "object"]))
+    with pytest.raises(ModelArtifactError, match="metadata.json"):
+        score_shard(run, trained, plan[0], batch_rows=512)
+    with pytest.raises(ModelArtifactError, match="metadata.json"):
+        finalize_scores(url, run, trained, results)
