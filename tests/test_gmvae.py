@@ -3,6 +3,7 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
@@ -198,3 +199,23 @@ def test_pretrained_start_already_finds_the_planted_segments(planted):
     assert rnd.metrics_["init"] == {"init": "random"}
     with pytest.raises(ValueError, match="init must be 'pretrain' or 'random'"):
         ConcreteGMVAE(init="kmeans").fit(df, FEATURE_TYPES)
+
+
+def test_anchored_start_reproduces_an_existing_segmentation():
+    """fit(..., anchor=labels): on one Gaussian blob (no natural segments, so nothing but the anchor
+    says where to cut), the start reproduces the given 3-way split; rows without an anchor follow
+    the nearest component; labels can be any values."""
+    rng = np.random.default_rng(0)
+    n = 1500
+    df = pd.DataFrame({"a": rng.normal(0, 1, n), "b": rng.normal(0, 1, n), "c": rng.normal(0, 1, n)})
+    types = {c: "continuous" for c in df}
+    sector = np.floor((np.arctan2(df.b, df.a) + np.pi) / (2 * np.pi / 3)).astype(int).clip(0, 2).to_numpy()
+    anchor = np.array([f"seg-{s}" for s in sector], dtype=object)
+    anchor[:100] = None  # new customers: no segment yet
+    kw = dict(n_segments=3, epochs=1, validation_fraction=0.0, progress=False, hidden=(32, 16), latent_dim=2, seed=0)
+    anchored = ConcreteGMVAE(**kw).fit(df, types, anchor=anchor)
+    assert anchored.metrics_["init"]["init"] == "anchored"
+    assert anchored.metrics_["init"]["anchored_rows"] == n - 100
+    assert adjusted_rand_score(sector, anchored.predict(df)) >= 0.8
+    with pytest.raises(ValueError, match="anchor has 3 labels for 1500 rows"):
+        ConcreteGMVAE(**kw).fit(df, types, anchor=[1, 2, 3])

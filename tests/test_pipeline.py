@@ -507,3 +507,21 @@ def test_model_metadata_of_the_wrong_shape_falls_back_to_a_retrain(tmp_path: Pat
     training = second["training"]
     assert training["mode"] == "retrain", training
     assert f"{meta} is not model metadata: it has no 'config'" in training["reason"], training["reason"]
+
+
+def test_retrain_starts_from_last_nights_segments(tmp_path: Path) -> None:
+    """Issue 5: a retrain (here a manual full retrain of unchanged data) starts its mixture from the
+    published segments (init 'anchored'), so customers keep their segment ids."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    first = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    assert first["training"]["mode"] == "retrain"
+    second = synthetic_night(url, synthetic_run(tmp_path, S2, df, full_retrain=True))
+    training = second["training"]
+    assert training["mode"] == "retrain" and training["reason"] == "full retrain requested", training
+    store = pipeline._store(synthetic_run(tmp_path, S2, df))
+    meta = store.model_metadata(training["model_version"])
+    assert meta["metrics"]["init"]["init"] == "anchored"
+    assert meta["metrics"]["init"]["anchored_rows"] > 0.85 * len(df)  # the 10% validation rows aside
+    assert meta["run"]["init"] == "anchored"
+    assert second["stability"]["moved_share"] <= 0.05, second["stability"]

@@ -32,6 +32,20 @@ _CONFIG_KEYS = (
 )
 
 
+def _anchor_codes(anchor: Any, n: int, k: int, table_name: str) -> torch.Tensor:
+    """An existing segmentation -> int64 codes 0..m-1 (m <= k) by group size, -1 where none."""
+    values = pd.Series(np.asarray(anchor, dtype=object))
+    if len(values) != n:
+        raise ValueError(f"{table_name}: anchor has {len(values)} labels for {n} rows")
+    numeric = pd.to_numeric(values, errors="coerce")
+    values = values.where(values.notna() & ~(numeric < 0), None)
+    counts = values.dropna().astype(str).value_counts(sort=False)
+    counts = counts.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
+    index = {v: i for i, v in enumerate(counts.index[:k])}
+    codes = values.map(lambda v: index.get(str(v), -1) if v is not None else -1)
+    return torch.from_numpy(codes.to_numpy(dtype="int64").copy())
+
+
 @contextlib.contextmanager
 def _threads(n: int | None) -> Iterator[None]:
     if not n:
@@ -190,9 +204,16 @@ class ConcreteGMVAE:
         )
 
     # ---- fit -----------------------------------------------------------------------------------
-    def fit(self, X: Any, feature_types: dict[str, str] | None = None, table_name: str = "input") -> "ConcreteGMVAE":
+    def fit(self, X: Any, feature_types: dict[str, str] | None = None, table_name: str = "input",
+            anchor: Any = None) -> "ConcreteGMVAE":
         """Fit on a DataFrame / Arrow table. ``feature_types`` maps column -> type (continuous, money,
-        count, binary, categorical); when omitted, types are inferred from dtypes and logged."""
+        count, binary, categorical); when omitted, types are inferred from dtypes and logged.
+
+        ``anchor``: an existing segmentation of the rows (one label per row, any hashable values;
+        None/NaN/negative where a row has none), for example last night's published segment ids.
+        With ``init="pretrain"`` the mixture starts from these groups instead of k-means, so a
+        retrain keeps customers in their groups unless the data argues otherwise. The K largest
+        groups are used; the labels of the fitted model are its own cluster indices."""
         self._check_config()
         df = _as_frame(X)
         refresh = bool(self.warm_start) and self.is_fitted
@@ -227,7 +248,9 @@ class ConcreteGMVAE:
             gen = torch.Generator().manual_seed(int(self.seed))
             init_info: dict[str, Any] = {"init": "warm_start"} if refresh else {"init": "random"}
             if not refresh and self.init == "pretrain" and int(self.pretrain_epochs) > 0:
-                init_info = pretrain_init(net, train_data, cfg, gen, int(self.pretrain_epochs), int(self.seed))
+                codes = None if anchor is None else _anchor_codes(anchor, n, int(self.n_segments), table_name)
+                init_info = pretrain_init(net, train_data, cfg, gen, int(self.pretrain_epochs), int(self.seed),
+                                          anchor=None if codes is None else codes[tr_idx])
             history = train(net, train_data, val_data, cfg, gen)
         net.eval()
         self.preprocessor_ = pre

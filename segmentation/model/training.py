@@ -157,6 +157,7 @@ def pretrain_init(
     epochs: int,
     seed: int = 0,
     max_cluster_rows: int = 100_000,
+    anchor: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """A data-driven start for the mixture (the recipe of VaDE, Jiang et al. 2017, on our network).
 
@@ -177,6 +178,12 @@ def pretrain_init(
 
     The GMVAE training that follows then refines a sensible split (on MNIST: 0.69). Returns a
     summary for the model's metrics.
+
+    ``anchor`` (one int64 per training row, -1 where unknown; values 0..m-1 with m <= K) is an
+    existing segmentation, for example last night's published one: the anchored components start
+    at their groups' latent means and q(y|x) starts out reproducing the groups, so a scheduled
+    retrain moves a customer only where the data argues for it. Components beyond m take the k-means
+    centres farthest from the anchored ones; rows without an anchor follow the nearest centre.
     """
     from sklearn.cluster import KMeans
 
@@ -223,13 +230,21 @@ def pretrain_init(
         torch.from_numpy(z[km.labels_ == k].var(0)) if sizes[k] > 1 else torch.ones(z.shape[1], dtype=torch.float64)
         for k in range(K)
     ])
+    centres = km.cluster_centers_
+    n_anchored = 0
+    if anchor is not None:
+        centres, labels = _anchored_start(z, anchor[rows].cpu().numpy(), km.cluster_centers_)
+        n_anchored = int((anchor[rows] >= 0).sum())
+        sizes = torch.bincount(labels, minlength=K)
     with torch.no_grad():
-        net.prior_mean.copy_(torch.from_numpy(km.cluster_centers_).to(net.prior_mean))
+        net.prior_mean.copy_(torch.from_numpy(centres).to(net.prior_mean))
         net.prior_logvar.copy_(torch.log(var.mean(0, keepdim=True).expand_as(var) + 1e-3).to(net.prior_logvar))
     # ---- q(y|x) starts out agreeing with the clusters -------------------------------------------
     head_opt = torch.optim.Adam(net.y_logits.parameters(), lr=1e-2)
     x_rows = train_data["x"][rows]
-    for _ in range(3):
+    # a few epochs, but never fewer than ~300 steps: on a small table 3 epochs are a dozen steps
+    head_epochs = max(3, math.ceil(300 / math.ceil(len(rows) / cfg.batch_size)))
+    for _ in range(head_epochs):
         perm = torch.randperm(len(rows), generator=generator)
         for start in range(0, len(rows), cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
@@ -242,8 +257,40 @@ def pretrain_init(
     seconds = time.perf_counter() - t0
     log.info("pretraining done in %.1f s: %d autoencoder epochs, k-means on %d rows, cluster sizes %d-%d",
              seconds, epochs, len(rows), int(sizes.min()), int(sizes.max()))
-    return {"init": "pretrain", "pretrain_epochs": epochs, "pretrain_rec": rec, "kmeans_rows": int(len(rows)),
-            "kmeans_cluster_sizes": sizes.tolist(), "pretrain_seconds": seconds}
+    info = {"init": "anchored" if anchor is not None else "pretrain", "pretrain_epochs": epochs, "pretrain_rec": rec,
+            "kmeans_rows": int(len(rows)), "kmeans_cluster_sizes": sizes.tolist(), "pretrain_seconds": seconds}
+    if anchor is not None:
+        info["anchored_rows"] = n_anchored
+    return info
+
+
+def _anchored_start(z, anchor, kmeans_centres):
+    """Component centres and per-row start labels from an existing segmentation (see pretrain_init)."""
+    import numpy as np
+
+    K = kmeans_centres.shape[0]
+    centres = np.empty_like(kmeans_centres)
+    anchored = []
+    for k in range(K):
+        members = anchor == k
+        if members.sum() >= 2:
+            centres[k] = z[members].mean(0)
+            anchored.append(k)
+    placed = [centres[k] for k in anchored]
+    pool = list(range(K))
+    for k in (k for k in range(K) if k not in anchored):
+        # the k-means centre farthest from every centre placed so far
+        if placed:
+            dist = ((kmeans_centres[pool][:, None, :] - np.stack(placed)[None, :, :]) ** 2).sum(-1).min(1)
+            pick = pool[int(dist.argmax())]
+        else:
+            pick = pool[0]
+        centres[k] = kmeans_centres[pick]
+        placed.append(centres[k])
+        pool.remove(pick)
+    nearest = ((z[:, None, :] - centres[None, :, :]) ** 2).sum(-1).argmin(1)
+    labels = np.where((anchor >= 0) & (anchor < K), anchor, nearest)
+    return centres, torch.from_numpy(labels.astype("int64"))
 
 
 def _progress(cfg: TrainConfig, total: int):
