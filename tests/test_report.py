@@ -33,11 +33,11 @@ SPEC = {
     "output_schema": "segments",
     "features": [
         {"name": "spend", "type": "money", "description": "Total spend (GBP). Summed over all orders.",
-         "high_label": "big spenders", "low_label": "small spenders"},
+         "high_label": "big spenders across every product line", "low_label": "small spenders on rare occasions"},
         {"name": "visits", "type": "count", "description": "Number of visits to the shop.",
          "high_label": "frequent", "low_label": "rare visitors"},
         {"name": "satisfaction", "type": "continuous", "description": "Satisfaction score from surveys.",
-         "high_label": "happy", "low_label": "unhappy"},
+         "high_label": "happy", "low_label": "MAD WITH OUR WOMENSWEAR"},
         {"name": "promo_opt_in", "type": "binary", "description": "1 if the customer accepts promotions, else 0.",
          "high_label": "promo fans", "low_label": "promo-averse"},
         {"name": "region", "type": "categorical", "description": "Region of the customer's address."},
@@ -403,6 +403,13 @@ def render_in_browser(path: Path, screenshot: Path, width: int = 1400) -> dict[s
             out["title"] = page.title()
             out["h2"] = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
             out["overflow"] = page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth + 1")
+            # a row label must not run off the chart's left side (or under the heatmap's colour swatch,
+            # losing its segment number), nor into the plot unless clipped to its column
+            out["clipped_labels"] = page.evaluate("""() => [...document.querySelectorAll('svg[id] text.lbl')]
+                .filter(t => { const b = t.getBBox(), maxX = t.getAttribute('data-max-x');
+                    return b.x < (t.closest('svg').id === 'effect-heatmap' ? 18 : 0)
+                        || (maxX !== null && b.x + b.width > +maxX && !t.getAttribute('clip-path')); })
+                .map(t => t.textContent)""")
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
             browser.close()
@@ -432,6 +439,7 @@ def test_report_renders_in_headless_chromium(chromium: str, report: dict[str, An
     assert got["marks"]["points"] == len(report["night2"])
     assert got["marks"]["matrix"] > k
     assert not got["overflow"], "the page scrolls sideways"
+    assert got["clipped_labels"] == [], got["clipped_labels"]
     assert DAY2 in got["title"]
     assert [h.strip() for h in got["h2"]][:3] == ["Overview", "At a glance", "Segments"]
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
