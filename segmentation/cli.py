@@ -85,6 +85,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         hidden=tuple(int(h) for h in args.hidden.split(",")), epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, kl_anneal_epochs=args.kl_anneal_epochs, tau_start=args.tau_start, tau_min=args.tau_min,
         patience=args.patience, seed=args.seed, device=args.device, n_threads=args.threads,
+        init=args.init, pretrain_epochs=args.pretrain_epochs,
     )
     model.fit(df, feature_types=types, table_name=Path(args.data).name)
     model.save(args.out)
@@ -230,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-start", type=float, default=1.0, help="initial Concrete temperature (default 1.0)")
     p.add_argument("--tau-min", type=float, default=0.5, help="temperature floor (default 0.5)")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default 10)")
+    p.add_argument("--init", choices=["pretrain", "random"], default="pretrain",
+                   help="how the mixture starts: 'pretrain' (default) trains an autoencoder for --pretrain-epochs "
+                        "epochs and places the K components by k-means in its latent space; 'random' starts "
+                        "from random weights (the plain GMVAE)")
+    p.add_argument("--pretrain-epochs", type=int, default=20,
+                   help="autoencoder epochs of --init pretrain (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data, same model (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default auto)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: fastest for these small networks)")

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -103,8 +104,12 @@ def planted_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fitted(planted_csv: Path) -> Path:
     out = planted_csv.parent / "model"
     proc = segment("fit", str(planted_csv), "--k", "3", "--out", str(out), "--exclude", "customer_id",
-                   "--type", "spend=money,visits=count", "--epochs", "15", "--threads", "1", cwd=planted_csv.parent)
+                   "--type", "spend=money,visits=count", "--epochs", "15", "--threads", "1", "--pretrain-epochs", "5",
+                   cwd=planted_csv.parent)
     assert proc.returncode == 0, _out(proc)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["config"]["init"] == "pretrain" and meta["config"]["pretrain_epochs"] == 5
+    assert meta["metrics"]["init"]["pretrain_epochs"] == 5
     assert "model saved to" in proc.stdout and "spend=money" in proc.stdout and "visits=count" in proc.stdout
     assert (out / "weights.safetensors").is_file() and (out / "metadata.json").is_file()
     return out
