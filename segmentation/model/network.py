@@ -48,9 +48,11 @@ def relaxed_one_hot(logits: torch.Tensor, tau: float) -> torch.Tensor:
     of a concrete step besides two small linear maps, so this is what keeps an epoch at K=200 close to
     one at K=2.
     """
-    u = torch.rand_like(logits).clamp_(_U_EPS, 1.0 - _U_EPS)
+    # always float32: under bf16 autocast a bf16 uniform has ~2,000 distinct values and 1 - 1e-7
+    # rounds to 1, which biases the noise (and log(-log(1)) is inf)
+    u = torch.rand(logits.shape, dtype=torch.float32, device=logits.device).clamp_(_U_EPS, 1.0 - _U_EPS)
     gumbel = -torch.log(-torch.log(u))
-    return torch.softmax((logits + gumbel) / tau, dim=-1)
+    return torch.softmax((logits.float() + gumbel) / tau, dim=-1).to(logits.dtype)
 
 
 @dataclass
