@@ -366,8 +366,10 @@ class TablePreprocessor:
         out["categorical"], out["categorical_mask"] = torch.from_numpy(codes), torch.from_numpy(catm)
 
         with_indicator = self.indicator_features
+        warned = self.__dict__.setdefault("_warned_missing", set())
         for nm in self.feature_types:
-            if nm not in with_indicator and miss_cols[nm].any():
+            if nm not in with_indicator and nm not in warned and miss_cols[nm].any():
+                warned.add(nm)  # once per column and model: scoring calls transform batch by batch
                 log.warning("%s: column %r had no missing values in the training table but %d of %d rows are "
                             "missing now; they are left out of its likelihood and the encoder sees the training "
                             "mean (retrain to give the model a missing-value indicator for it)",
