@@ -84,6 +84,9 @@ def _pointer_problem(ptr: Any) -> str | None:
     return None
 
 
+_RUN_TEXT_FIELDS = ("run_date", "mode", "spec", "lineage_start")
+
+
 def metadata_problem(meta: Any) -> str | None:
     """What is wrong with a parsed model ``metadata.json`` for loading it (None: nothing)."""
     if not isinstance(meta, dict):
@@ -102,6 +105,9 @@ def metadata_problem(meta: Any) -> str | None:
             return f"config[{key!r}] is {_json_type(meta['config'][key])}"
     if "run" in meta and not isinstance(meta["run"], dict):
         return f"'run' is {_json_type(meta['run'])}, not an object"
+    for key in _RUN_TEXT_FIELDS:  # the registry sorts and compares these: one null stops every night
+        if key in meta.get("run", {}) and not isinstance(meta["run"][key], str):
+            return f"run[{key!r}] is {_json_type(meta['run'][key])}, not text"
     return None
 
 

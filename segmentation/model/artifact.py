@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-FORMAT_VERSION = 1
+# 2: missing-value indicators only for the features with missing values at fit time (the encoder's
+# input width changed); version 1 artifacts (an indicator for every feature) still load
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 WEIGHTS = "weights.safetensors"
 METADATA = "metadata.json"
 
@@ -93,10 +96,10 @@ def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, An
         meta = json.loads((p / METADATA).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{p / METADATA} is not valid JSON ({exc}); the artifact is corrupt") from exc
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(
             f"{p}: artifact format {meta.get('format_version')!r} is not supported by this version "
-            f"(expects {FORMAT_VERSION}); retrain the model"
+            f"(it reads formats {', '.join(map(str, READABLE_VERSIONS))}); retrain the model or upgrade"
         )
     try:
         state = load_file(str(p / WEIGHTS))
