@@ -325,21 +325,22 @@ def _ddp_train(ddp, net, train_data, val_data, cfg, generator, ctx: DistContext,
 
 
 def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_types: dict[str, str] | None = None,
-                    table_name: str = "input", full_frame: Any = None):
+                    table_name: str = "input", full_frame: Any = None, anchor: Any = None):
     """Fit ``model`` (a ``ConcreteGMVAE``) on ``snapshot`` across the ranks of ``ctx``; every rank
     must call it. On return every rank holds the same fitted model (``network_``, ``preprocessor_``,
     ``history_``, ``metrics_``...), so rank 0 can ``save`` it. Rank 0's ``model`` decides: its
     configuration, and with ``warm_start`` on a fitted model, a refresh from its weights (the other
     ranks' ``model`` may be a bare ``ConcreteGMVAE()``). ``full_frame``: rank 0's in-memory copy of
     the whole snapshot, if it has one (else rank 0 reads the feature columns to fit the
-    preprocessing and fingerprint the data)."""
+    preprocessing and fingerprint the data). ``anchor``: as in ``ConcreteGMVAE.fit``, one label per
+    snapshot row, read on rank 0 (which alone runs the data-driven start)."""
     import numpy as np
     import torch
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from segmentation.model import artifact
     from segmentation.model.training import fit_metrics, pretrain_init
-    from segmentation.model.estimator import _CONFIG_KEYS, _threads
+    from segmentation.model.estimator import _CONFIG_KEYS, _anchor_codes, _threads
     from segmentation.model.evaluation import segment_usage
     from segmentation.model.network import GMVAENetwork
     from segmentation.model.preprocessing import TablePreprocessor, _as_frame, infer_feature_types
@@ -394,7 +395,7 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
     df_local = snapshot.read_shard(ctx.rank, ctx.world_size, columns)
     data = pre.transform(df_local)
     del df_local
-    cfg = model._train_config()
+    cfg = model._train_config(pretrained_start=not refresh)  # the same rule on every rank
     cfg.device = ctx.device
     cfg.epoch_offset = plan["epoch_offset"]
     seed = int(model.seed)
@@ -417,7 +418,13 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
         if not refresh and model.init == "pretrain" and int(model.pretrain_epochs) > 0 and ctx.is_main:
             # the data-driven start of single-process training, on rank 0's shard; DDP then hands
             # rank 0's weights to every rank when it wraps the network
-            pretrain_init(net, train_data, cfg, torch.Generator().manual_seed(seed), int(model.pretrain_epochs), seed)
+            shard_anchor = None
+            if anchor is not None:
+                start, stop = snapshot.shard_range(ctx.rank, ctx.world_size)
+                codes = _anchor_codes(anchor, snapshot.n_rows, int(model.n_segments), table_name)
+                shard_anchor = None if codes is None else codes[start:stop][tr_idx]
+            pretrain_init(net, train_data, cfg, torch.Generator().manual_seed(seed), int(model.pretrain_epochs), seed,
+                          anchor=shard_anchor)
         find_unused = _unused_parameters(net, cfg.estimator, {k: v[:8].to(cfg.device) for k, v in train_data.items()})
         wrapped = _loss_module(net, cfg.estimator)
         ddp = DDP(wrapped, device_ids=[cfg.device.index] if cfg.device.type == "cuda" else None,
@@ -473,9 +480,10 @@ def _fits_spread_over_ranks(ctx: DistContext, snapshot_path: Path) -> Iterator[N
 
     original = ConcreteGMVAE.fit
 
-    def fit(self, X, feature_types=None, table_name="input"):
+    def fit(self, X, feature_types=None, table_name="input", anchor=None):
         ctx.broadcast_object({"op": "fit", "table_name": table_name})
-        return fit_distributed(self, ParquetSnapshot(snapshot_path), ctx, feature_types, table_name, full_frame=X)
+        return fit_distributed(self, ParquetSnapshot(snapshot_path), ctx, feature_types, table_name, full_frame=X,
+                               anchor=anchor)
 
     ConcreteGMVAE.fit = fit
     try:

@@ -147,7 +147,9 @@ def test_missing_indicators_only_for_features_missing_at_fit(caplog):
     later.loc[[0, 1], "visits"] = np.nan
     with caplog.at_level("WARNING"):
         b2 = pre.transform(later)
+        pre.transform(later)  # scoring batch after batch: said once per column, not once per batch
     assert "'visits' had no missing values in the training table but 2 of 50 rows are missing" in caplog.text
+    assert caplog.text.count("had no missing values in the training table") == 1
     assert b2["count_mask"][:2, 0].sum() == 0 and torch.isfinite(b2["x"]).all()
     # an artifact written before the rule (no flag) keeps an indicator for every feature
     old = pre.to_dict()
@@ -156,3 +158,17 @@ def test_missing_indicators_only_for_features_missing_at_fit(caplog):
     legacy = TablePreprocessor.from_dict(old)
     assert legacy.indicator_features == list(types)
     assert legacy.transform(df)["x"].shape[1] == legacy.layout.input_dim == 1 + 1 + 4 + 3
+
+
+def test_relaxed_one_hot_under_bf16_is_unbiased():
+    """Under bf16 autocast the logits are bf16; the Gumbel noise must still come from float32
+    uniforms (a bf16 uniform has ~2,000 values and biased the samples)."""
+    from segmentation.model.network import relaxed_one_hot
+
+    torch.manual_seed(1)
+    logits = torch.tensor([[2.0, 0.0, -0.5]]).expand(60000, 3).contiguous()
+    probs = torch.softmax(logits[0], -1)
+    y = relaxed_one_hot(logits.to(torch.bfloat16), tau=0.05)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    freq = torch.bincount(y.float().argmax(-1), minlength=3).float() / y.shape[0]
+    assert torch.allclose(freq, probs, atol=0.006), (freq, probs)

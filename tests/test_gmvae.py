@@ -36,12 +36,18 @@ def test_planted_segments_recovered_with_missing_values(planted, fitted):
     assert ari >= 0.9, ari
 
 
-def test_history_records_both_schedules(fitted):
+def test_history_records_both_schedules(planted, fitted):
     h = fitted.history_
-    assert h[0]["kl_weight"] == 0.0 and h[-1]["kl_weight"] == 1.0
+    # after the data-driven start (the default) the KL weight is 1 from the first epoch
+    assert all(r["kl_weight"] == 1.0 for r in h)
     assert h[0]["tau"] == pytest.approx(1.0) and h[-1]["tau"] < h[0]["tau"]
     assert all(np.isfinite(r["loss"]) for r in h)
     assert sum(r["best"] for r in h) == 1
+    df, _ = planted
+    rnd = ConcreteGMVAE(n_segments=4, seed=0, init="random", **dict(FAST, epochs=8, kl_anneal_epochs=4)).fit(df, FEATURE_TYPES)
+    w = [r["kl_weight"] for r in rnd.history_]
+    assert w[0] == 0.0 and w[2] == pytest.approx(0.5) and w[-1] == 1.0
+    assert [r["tau"] for r in rnd.history_][1] == pytest.approx(0.95)
 
 
 def test_exact_estimator_also_trains(planted):
@@ -219,3 +225,24 @@ def test_anchored_start_reproduces_an_existing_segmentation():
     assert adjusted_rand_score(sector, anchored.predict(df)) >= 0.8
     with pytest.raises(ValueError, match="anchor has 3 labels for 1500 rows"):
         ConcreteGMVAE(**kw).fit(df, types, anchor=[1, 2, 3])
+
+
+def test_anchor_with_fewer_groups_than_segments_fills_every_segment():
+    """K raised from 3 to 5: the anchor has 3 groups; the two new components start from the k-means
+    centres farthest from them and take the rows nearest them, so no segment starts (and stays)
+    empty and the planted 5 groups are still found."""
+    df, seg = planted_customers(n=1500, k=5, seed=2, missing=0.05)
+    coarse = np.minimum(seg, 2)
+    m = ConcreteGMVAE(n_segments=5, seed=0, **dict(FAST, epochs=15, pretrain_epochs=5)).fit(df, FEATURE_TYPES, anchor=coarse)
+    sizes = np.bincount(m.predict(df), minlength=5)
+    assert sizes.min() > 0.1 * len(df), sizes
+    assert adjusted_rand_score(seg, m.predict(df)) >= 0.85
+
+
+def test_anchor_labels_are_normalised():
+    from segmentation.model.estimator import _anchor_codes
+
+    codes = _anchor_codes([1, 1.0, "1", 2, None, float("nan"), -1, 2.0, "b"], 9, 3, "t")
+    assert codes.tolist() == [0, 0, 0, 1, -1, -1, -1, 1, 2]
+    assert _anchor_codes([None, -1, float("nan")], 3, 3, "t") is None  # nothing anchored: plain pretrain
+    assert _anchor_codes(["a", "b", "b", "c", "c", "c"], 6, 2, "t").tolist() == [-1, 1, 1, 0, 0, 0]  # K largest

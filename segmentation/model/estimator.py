@@ -32,17 +32,33 @@ _CONFIG_KEYS = (
 )
 
 
-def _anchor_codes(anchor: Any, n: int, k: int, table_name: str) -> torch.Tensor:
-    """An existing segmentation -> int64 codes 0..m-1 (m <= k) by group size, -1 where none."""
-    values = pd.Series(np.asarray(anchor, dtype=object))
+def _anchor_codes(anchor: Any, n: int, k: int, table_name: str) -> torch.Tensor | None:
+    """An existing segmentation -> int64 codes 0..m-1 (m <= k, largest groups first), -1 where a row
+    has none; None when no row has one. 1 and 1.0 are the same group; None, NaN and negative
+    numbers mean "no segment"."""
+    values = pd.Series(list(anchor) if not isinstance(anchor, (pd.Series, np.ndarray)) else np.asarray(anchor, dtype=object),
+                       dtype=object)
     if len(values) != n:
         raise ValueError(f"{table_name}: anchor has {len(values)} labels for {n} rows")
-    numeric = pd.to_numeric(values, errors="coerce")
-    values = values.where(values.notna() & ~(numeric < 0), None)
-    counts = values.dropna().astype(str).value_counts(sort=False)
+
+    def key(v: Any) -> str | None:
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT:
+            return None
+        if isinstance(v, (bool, np.bool_)):
+            return str(bool(v))
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            if v < 0:
+                return None
+            return str(int(v)) if float(v).is_integer() else repr(float(v))
+        return str(v)
+
+    keys = values.map(key)
+    counts = keys.dropna().value_counts(sort=False)
+    if counts.empty:
+        return None
     counts = counts.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
     index = {v: i for i, v in enumerate(counts.index[:k])}
-    codes = values.map(lambda v: index.get(str(v), -1) if v is not None else -1)
+    codes = keys.map(lambda v: index.get(v, -1) if v is not None else -1)
     return torch.from_numpy(codes.to_numpy(dtype="int64").copy())
 
 
@@ -79,7 +95,8 @@ class ConcreteGMVAE:
     estimator: ``"concrete"`` (one relaxed Gumbel-softmax sample of y per row; per-step cost does not
         grow with K) or ``"exact"`` (sums over all K values of y; cost linear in K).
     tau_start, tau_min, tau_decay: Concrete temperature, decayed ``tau_start * tau_decay**epoch`` to ``tau_min``.
-    kl_anneal_epochs: epochs over which the weight of KL(q(y|x) || p(y)) rises from 0 to 1.
+    kl_anneal_epochs: epochs over which the weight of KL(q(y|x) || p(y)) rises from 0 to 1 (with
+        ``init="random"`` only: after the data-driven start the weight is 1 from the first epoch).
     epochs, batch_size, learning_rate: Adam training settings.
     patience: early stopping after this many epochs without validation improvement (counted once
         the KL weight has reached 1); the best weights are restored.
@@ -190,14 +207,22 @@ class ConcreteGMVAE:
         if not self.is_fitted:
             raise RuntimeError("this ConcreteGMVAE is not fitted yet; call fit() or ConcreteGMVAE.load()")
 
-    def _train_config(self) -> TrainConfig:
+    def _train_config(self, pretrained_start: bool = False) -> TrainConfig:
+        """``pretrained_start``: a fit from scratch, which with ``init="pretrain"`` begins from the
+        data-driven start: the KL(y) weight is then 1 from the first epoch. Annealing it from 0 exists
+        to let a random encoder learn before q(y|x) is pulled towards p(y); after the start it only
+        removes the one force that keeps segments in use, and on planted data two of five segments
+        emptied during the warm-up."""
+        anneal = int(self.kl_anneal_epochs)
+        if pretrained_start and self.init == "pretrain" and int(self.pretrain_epochs) > 0:
+            anneal = 0
         return TrainConfig(
             estimator=self.estimator,
             epochs=int(self.epochs),
             batch_size=int(self.batch_size),
             learning_rate=float(self.learning_rate),
             patience=int(self.patience),
-            schedules=Schedules(int(self.kl_anneal_epochs), float(self.tau_start), float(self.tau_min), float(self.tau_decay)),
+            schedules=Schedules(anneal, float(self.tau_start), float(self.tau_min), float(self.tau_decay)),
             device=_resolve_device(self.device),
             bf16=bool(self.bf16),
             progress=self.progress,
@@ -229,7 +254,7 @@ class ConcreteGMVAE:
         pre.table_name = table_name
         data = pre.transform(df)
         n = data["x"].shape[0]
-        cfg = self._train_config()
+        cfg = self._train_config(pretrained_start=not refresh)
         if refresh:
             cfg.epoch_offset = max((int(r["epoch"]) for r in getattr(self, "history_", [])), default=0)
         t0 = time.perf_counter()

@@ -238,7 +238,18 @@ def pretrain_init(
         sizes = torch.bincount(labels, minlength=K)
     with torch.no_grad():
         net.prior_mean.copy_(torch.from_numpy(centres).to(net.prior_mean))
-        net.prior_logvar.copy_(torch.log(var.mean(0, keepdim=True).expand_as(var) + 1e-3).to(net.prior_logvar))
+        pooled_logvar = torch.log(var.mean(0) + 1e-3).to(net.prior_logvar)
+        net.prior_logvar.copy_(pooled_logvar.expand_as(net.prior_logvar))
+        # q(z|x,y) must start where the autoencoder left it, whatever y the training step feeds it:
+        # (1) the autoencoder only ever saw the uniform y, so every column of the y-input layer
+        #     becomes their mean (z_from_y(y) is then the same vector for every y on the simplex);
+        # (2) its log-variance head was never trained (variance ~1, against a pooled within-cluster
+        #     variance of ~0.01), which made KL(q(z|x,y) || p(z|y)) ~200 nats per row at the first
+        #     step: those gradients scrambled q(y|x) and emptied segments of a 5-segment table.
+        #     It starts at the prior's variance instead.
+        net.z_from_y.weight.copy_(net.z_from_y.weight.mean(1, keepdim=True).expand_as(net.z_from_y.weight))
+        net.z_logvar.weight.zero_()
+        net.z_logvar.bias.copy_(pooled_logvar.to(net.z_logvar.bias))
     # ---- q(y|x) starts out agreeing with the clusters -------------------------------------------
     head_opt = torch.optim.Adam(net.y_logits.parameters(), lr=1e-2)
     x_rows = train_data["x"][rows]
@@ -289,7 +300,11 @@ def _anchored_start(z, anchor, kmeans_centres):
         placed.append(centres[k])
         pool.remove(pick)
     nearest = ((z[:, None, :] - centres[None, :, :]) ** 2).sum(-1).argmin(1)
-    labels = np.where((anchor >= 0) & (anchor < K), anchor, nearest)
+    # a row keeps its anchor unless it lies nearest a component no anchor group claimed: with more
+    # components than anchor groups (K raised), those components must start with rows, or they stay
+    # empty and the promotion gate rejects every retrain at the new K
+    free = np.array([k not in anchored for k in range(K)])
+    labels = np.where((anchor >= 0) & (anchor < K) & ~free[nearest], anchor, nearest)
     return centres, torch.from_numpy(labels.astype("int64"))
 
 
