@@ -596,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     earlier: dict[str, Any] = {}
     if args.merge and out.exists():
         earlier = json.loads(out.read_text())
-        kept = [c for c in earlier.get("cases", []) if c["rows"] not in args.rows]
+        # a run without a K sweep keeps the earlier sweep's cases, even at a size it reran
+        kept = [c for c in earlier.get("cases", [])
+                if c["rows"] not in args.rows or (c.get("k_sweep") and not args.k_sweep)]
         for c in kept:  # cases of an earlier run without their own provenance get the file's
             c.setdefault("command", earlier.get("command"))
             c.setdefault("git_commit", (earlier.get("machine") or {}).get("git_commit"))
