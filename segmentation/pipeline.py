@@ -284,16 +284,29 @@ def _model_settings(spec: Spec, run: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _gate(model, n_rows: int) -> list[str]:
-    """Reasons not to promote a model (empty: promote)."""
+def _gate(model, df, score: float) -> list[str]:
+    """Reasons not to promote a model (empty: promote). Judged on what the model does with
+    tonight's customers, not on the metrics it recorded while training: a model whose weights
+    went bad afterwards (or were never good) must not pass on the strength of its history."""
+    import torch
+
+    from segmentation.model.evaluation import segment_usage
+
     problems = []
     losses = [r.get("loss") for r in model.history_]
     if not losses or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in losses):
         problems.append("training loss is not finite")
-    usage = model.metrics_.get("usage", {})
-    shares = usage.get("shares", [])
+    bad = [name for name, t in model.network_.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        problems.append(f"weights are not finite (NaN or inf in {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        return problems  # nothing it predicts means anything
+    if not math.isfinite(score):
+        problems.append(f"its ELBO on tonight's customers is {score}")
+    usage = segment_usage(model.predict(df), int(model.n_segments))
+    shares = usage["shares"]
     if any(s == 0 for s in shares):
-        problems.append(f"empty segment(s): {usage.get('empty')}")
+        problems.append(f"empty segment(s): {usage['empty']}")
     elif shares and min(shares) < MIN_SEGMENT_SHARE:
         problems.append(f"a segment holds under {MIN_SEGMENT_SHARE:.1%} of customers")
     if shares and max(shares) > MAX_DOMINANT_SHARE:
@@ -404,7 +417,7 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
         model.fit(df, feature_types=spec.feature_types, table_name=spec.features_relation.qualified, anchor=anchor)
     seconds = time.perf_counter() - started
     score_now = float(model.score(df))
-    problems = _gate(model, len(df))
+    problems = _gate(model, df, score_now)
     if base:
         if base_score is None and _compatible(store, base, spec, run) and _loadable(store, base):
             base_score = float(store.load_model(base).score(df))

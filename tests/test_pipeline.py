@@ -525,3 +525,46 @@ def test_retrain_starts_from_last_nights_segments(tmp_path: Path) -> None:
     assert meta["metrics"]["init"]["anchored_rows"] > 0.85 * len(df)  # the 10% validation rows aside
     assert meta["run"]["init"] == "anchored"
     assert second["stability"]["moved_share"] <= 0.05, second["stability"]
+
+
+@pytest.mark.parametrize("poison", ["weights", "one_segment"])
+def test_a_broken_retrain_is_never_promoted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, poison: str) -> None:
+    """Issue 5: a retrain whose model has NaN weights, or puts every customer in one segment, fails
+    the promotion gate: production keeps scoring, the run is published as degraded with the reason,
+    and the production pointer stays where it was."""
+    import torch
+
+    from segmentation import ConcreteGMVAE
+
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    first = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    v1 = first["training"]["model_version"]
+    before = {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)}
+    real_fit = ConcreteGMVAE.fit
+
+    def broken_fit(self, *args: Any, **kwargs: Any) -> Any:
+        real_fit(self, *args, **kwargs)
+        with torch.no_grad():
+            if poison == "weights":
+                self.network_.decoder_out.weight[0, 0] = float("nan")
+            else:  # q(y|x) sends every row to segment 0
+                self.network_.y_logits.weight.zero_()
+                self.network_.y_logits.bias.copy_(torch.tensor([50.0] + [0.0] * (self.network_.K - 1)))
+        return self
+
+    monkeypatch.setattr(ConcreteGMVAE, "fit", broken_fit)
+    second = synthetic_night(url, synthetic_run(tmp_path, S2, df, full_retrain=True))
+    monkeypatch.undo()
+    training = second["training"]
+    assert training["mode"] == "retrain" and training["promoted"] is False, training
+    assert training["scoring_version"] == v1, training
+    reasons = "; ".join(training["gate"])
+    assert ("weights are not finite" in reasons) if poison == "weights" else ("one segment holds 100%" in reasons), reasons
+    assert pipeline._store(synthetic_run(tmp_path, S2, df)).production() == v1
+    (record,) = rows(url, RUNS, "WHERE run_id = ?", [f"synthetic-{S2.isoformat()}"])
+    # published (status success, the marketers' tables move on), but marked degraded with the reason
+    assert record["status"] == "success" and record["model_version"] == v1, record
+    assert record["message"].startswith("degraded: new model") and training["gate"][0] in record["message"], record["message"]
+    after = {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)}
+    assert after == before  # the production model scored the same customers the same way
