@@ -24,6 +24,7 @@ MIN_EFFECT = 0.5      # |effect| below this does not go into a label
 MIN_CATEGORY_SHARE = 0.5
 MIN_CATEGORY_LIFT = 1.5
 MAX_LABEL_CORRELATION = 0.6  # a trait that says the same as one already in the label is skipped
+MAX_TRAIT_MISSING_SHARE = 0.5  # a feature most of the segment has no value for does not name it
 
 
 def _scale(values: pd.Series, ftype: str) -> pd.Series:
@@ -107,22 +108,40 @@ def profile_segments(features: pd.DataFrame, segment_ids: np.ndarray, spec: Spec
 
 
 def _trait_words(spec: Spec, effects: list[tuple[str, float]], feats: dict[str, Any],
-                 corr: pd.DataFrame | None = None) -> list[tuple[str, str]]:
-    """(trait key, words) for the segment's traits, most distinctive first, skipping a feature
-    strongly correlated with one already used ("lapsed" and "spending less lately" say the same
-    thing twice). A trait key is ``feature:higher`` or ``feature:lower``."""
+                 corr: pd.DataFrame | None = None, legacy: bool = False) -> list[tuple[str, str]]:
+    """(trait key, words) for the segment's traits, most distinctive first. A trait key is
+    ``feature:higher`` or ``feature:lower``. Skipped:
+
+    - a feature strongly correlated with one already used ("lapsed" and "spending less lately"
+      say the same thing twice);
+    - a feature the spec declares ``implied_by`` a trait already used: for brand-new customers all
+      spend is recent, so "new customers, spending more lately" would read as growth where there is
+      none (a correlation over the whole base is too weak to catch it);
+    - a feature that most of the segment has no value for: "order regularly" said of a segment
+      whose median customer has ordered once describes the few who ordered twice.
+
+    ``legacy``: the rules of labels published before the last two existed (to read those back)."""
     words: list[tuple[str, str]] = []
     used: list[str] = []
+    keys: set[str] = set()
     for name, eff in effects:
         if abs(eff) < MIN_EFFECT:
             continue
         if corr is not None and any(abs(corr.at[name, u]) > MAX_LABEL_CORRELATION for u in used
                                     if name in corr.index and u in corr.index):
             continue
-        used.append(name)
         f = spec.feature(name)
+        if not legacy:
+            if keys.intersection(f.implied_by):
+                continue
+            missing = (feats.get(name) or {}).get("missing_share")
+            if isinstance(missing, (int, float)) and missing > MAX_TRAIT_MISSING_SHARE:
+                continue
+        used.append(name)
+        key = f"{name}:{'higher' if eff > 0 else 'lower'}"
+        keys.add(key)
         text = (f.high_label if eff > 0 else f.low_label) or f"{'high' if eff > 0 else 'low'} {name.replace('_', ' ')}"
-        words.append((f"{name}:{'higher' if eff > 0 else 'lower'}", text))
+        words.append((key, text))
     return words
 
 
@@ -219,7 +238,7 @@ def _traits_of_summary(spec: Spec, summary: dict[str, Any]) -> list[str]:
     effects = [(name, float(e["effect"])) for name, e in feats.items()
                if isinstance(e, dict) and isinstance(e.get("effect"), (int, float)) and name in spec.feature_names]
     effects.sort(key=lambda t: -abs(t[1]))
-    keys = [k for k, _ in _trait_words(spec, effects, feats)[:2]]
+    keys = [k for k, _ in _trait_words(spec, effects, feats, legacy=True)[:2]]
     cats = []
     for f in spec.features:
         top = (feats.get(f.name) or {}).get("top") if f.type == "categorical" else None

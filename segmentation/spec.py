@@ -55,6 +55,9 @@ class Feature:
     high_label: str = ""
     low_label: str = ""
     checks: Checks = field(default_factory=Checks)
+    # traits ("feature:higher" / "feature:lower") that make this feature's own trait go without
+    # saying: a label that already holds one of them does not add this feature's words
+    implied_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,20 @@ def _relation(raw: Any, where: str) -> Relation:
     )
 
 
+def _implied_by(raw: Any, where: str) -> tuple[str, ...]:
+    """``implied_by``: a list of traits written ``feature:higher`` or ``feature:lower``."""
+    if raw is None:
+        return ()
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+        raise SpecError(f"{where}: implied_by must be a list of traits like 'tenure_days:lower'")
+    for t in items:
+        name, sep, direction = t.rpartition(":")
+        if not sep or not name or direction not in ("higher", "lower"):
+            raise SpecError(f"{where}: implied_by entry {t!r} must read 'feature:higher' or 'feature:lower'")
+    return tuple(items)
+
+
 def parse_spec(data: dict[str, Any], path: str = "<dict>") -> Spec:
     if not isinstance(data, dict):
         raise SpecError(f"{path}: the spec must be a YAML mapping")
@@ -144,10 +161,18 @@ def parse_spec(data: dict[str, Any], path: str = "<dict>") -> Spec:
                 high_label=str(raw.get("high_label", "")),
                 low_label=str(raw.get("low_label", "")),
                 checks=checks,
+                implied_by=_implied_by(raw.get("implied_by"), f"{where}: feature {name!r}"),
             )
         )
     if not feats:
         raise SpecError(f"{path}: 'features' is empty; declare at least one feature")
+    declared = {f.name for f in feats}
+    for f in feats:
+        for t in f.implied_by:
+            other = t.rpartition(":")[0]
+            if other not in declared or other == f.name:
+                raise SpecError(f"{path}: feature {f.name!r}: implied_by {t!r} names "
+                                + ("the feature itself" if other == f.name else f"no declared feature {other!r}"))
     sources = {
         check_identifier(k, f"{path}: sources key"): _relation(v, f"{path}: sources.{k}")
         for k, v in (data.get("sources") or {}).items()

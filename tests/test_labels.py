@@ -224,3 +224,72 @@ def test_labels_in_the_warehouse_and_the_report_across_nights(warehouse_url: str
     changes = page3.split('id="changes"')[1]
     assert f"{target}: renamed from “{labels1[target]}” to “{labels3[target]}”" in changes
     assert "its label no longer fits" in changes or "moved by" in changes
+
+
+def _new_vs_established() -> tuple[dict[str, Any], pd.DataFrame, np.ndarray]:
+    """Two segments: 300 brand-new customers (all spend recent, most with a single order, so no gap
+    between orders) and 700 established ones."""
+    rng = np.random.default_rng(0)
+    new, old = 300, 700
+    gap_new = np.where(rng.random(new) < 0.8, np.nan, rng.uniform(5, 15, new))  # 80% one order
+    df = pd.DataFrame({
+        "customer_id": [f"C{i}" for i in range(new + old)],
+        "tenure": np.r_[rng.integers(1, 60, new), rng.integers(200, 700, old)],
+        "recent_share": np.r_[np.ones(new), rng.uniform(0, 0.6, old)],
+        "gap": np.r_[gap_new, rng.uniform(30, 120, old)],
+        "spend": np.r_[rng.lognormal(4, 0.5, new), rng.lognormal(6, 0.5, old)],
+    })
+    spec = {
+        "name": "implied", "entity_key": "customer_id",
+        "features_relation": {"schema": "features", "table": "customer_features"},
+        "features": [
+            {"name": "tenure", "type": "count", "high_label": "long-standing", "low_label": "new customers"},
+            {"name": "recent_share", "type": "continuous", "high_label": "spending more lately",
+             "low_label": "spending less lately", "implied_by": ["tenure:lower"]},
+            {"name": "gap", "type": "continuous", "high_label": "long gaps between orders", "low_label": "order regularly"},
+            {"name": "spend", "type": "money", "high_label": "big spenders", "low_label": "small spenders"},
+        ],
+    }
+    return spec, df, np.r_[np.ones(new, int), np.full(old, 2)]
+
+
+def test_labels_leave_out_what_goes_without_saying() -> None:
+    """A trait implied by one already in the label ('spending more lately' after 'new customers'),
+    and a trait of a feature most of the segment has no value for ('order regularly' of a segment
+    that mostly ordered once), do not name the segment; the next trait does."""
+    from segmentation.profiles import _trait_words
+    from segmentation.spec import parse_spec
+
+    raw, df, seg = _new_vs_established()
+    spec = parse_spec(raw)
+    effects = [("tenure", -2.0), ("recent_share", 1.5), ("gap", -1.2), ("spend", -1.0)]
+    feats = {"tenure": {"missing_share": 0.0}, "recent_share": {"missing_share": 0.0},
+             "gap": {"missing_share": 0.8}, "spend": {"missing_share": 0.0}}
+    keys = lambda sp, f, **kw: [k for k, _ in _trait_words(sp, effects, f, **kw)]  # noqa: E731
+    assert keys(spec, feats) == ["tenure:lower", "spend:lower"]
+    assert keys(spec, dict(feats, gap={"missing_share": 0.2})) == ["tenure:lower", "gap:lower", "spend:lower"]
+    assert keys(spec, feats, legacy=True) == ["tenure:lower", "recent_share:higher", "gap:lower", "spend:lower"]
+    raw_plain = json.loads(json.dumps(raw))
+    raw_plain["features"][1].pop("implied_by")
+    assert keys(parse_spec(raw_plain), feats)[:2] == ["tenure:lower", "recent_share:higher"]
+    # end to end
+    newcomers = by_id(profile_segments(df, seg, spec))[1]
+    assert "spending more lately" not in newcomers["label"] and "order regularly" not in newcomers["label"]
+    assert newcomers["label"].startswith("New customers"), newcomers["label"]
+
+
+@pytest.mark.parametrize("implied_by, problem", [
+    (["tenure:up"], "must read 'feature:higher' or 'feature:lower'"),
+    (["nosuch:lower"], "names no declared feature 'nosuch'"),
+    (["recent_share:higher"], "names the feature itself"),
+    ("tenure", "must read 'feature:higher'"),
+    ([3], "must be a list of traits"),
+])
+def test_implied_by_is_checked(implied_by: Any, problem: str) -> None:
+    from segmentation.spec import SpecError, parse_spec
+
+    raw, _, _ = _new_vs_established()
+    raw["features"][1]["implied_by"] = implied_by
+    with pytest.raises(SpecError, match="recent_share|features\\[1\\]") as err:
+        parse_spec(raw, "spec.yaml")
+    assert problem in str(err.value)
