@@ -2,12 +2,16 @@
 
 Marketers build campaigns on segment ids, so a cluster that holds mostly the customers of
 yesterday's segment 3 must be called 3 again. Clusters are matched to previous ids by a Hungarian
-assignment that maximises the number of shared customers; clusters left unmatched (or sharing too
-few customers) get new ids, never reusing an id issued before.
+assignment that maximises the number of shared customers. Clusters left unmatched (sharing too few
+customers, e.g. after a retrain that re-partitioned part of the base, or a night whose customers are
+mostly new) then fall back on the similarity of cluster prototypes: each cluster's mean features
+against each unmatched previous segment's published profile, Hungarian again on the distance, a
+match only when the two are close (``max_prototype_distance``). What is still unmatched gets a
+new id, never reusing an id issued before.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -20,12 +24,18 @@ def match_segments(
     previous: pd.DataFrame | None,
     issued_ids: list[int] | None = None,
     min_overlap: float = 0.2,
+    prototypes: Callable[[list[int]], tuple[dict[int, np.ndarray], dict[int, np.ndarray]]] | None = None,
+    max_prototype_distance: float = 0.5,
 ) -> tuple[dict[int, int], dict[str, Any]]:
     """Return ({cluster: segment_id}, stability) for tonight's ``clusters`` of ``customer_ids``.
 
     ``previous``: yesterday's published assignments (customer_id, segment_id) or None on a first run.
     ``issued_ids``: every segment id ever issued (new ids start above the largest).
     A match needs at least ``min_overlap`` of the cluster's customers to come from that segment.
+    ``prototypes(unmatched_clusters)``: called only when some cluster is left unmatched, returns
+    ({cluster: vector}, {previous segment id: vector}), features on a common standardised scale;
+    a cluster then takes a still-unmatched previous id whose vector lies within
+    ``max_prototype_distance`` (root mean square over the features).
     """
     from scipy.optimize import linear_sum_assignment
     from sklearn.metrics import adjusted_rand_score
@@ -49,6 +59,14 @@ def match_segments(
             for r, c in zip(rows, cols):
                 if table[r, c] > 0 and table[r, c] >= min_overlap * max(sizes[r], 1):
                     mapping[int(r)] = int(prev_ids[c])
+    if prototypes is not None and previous is not None and len(previous):
+        taken = set(mapping.values())
+        present = set(int(k) for k in np.unique(np.asarray(clusters)))
+        by_prototype = match_prototypes([k for k in range(n_clusters) if k not in mapping and k in present],
+                                        sorted(int(i) for i in prev.unique() if int(i) not in taken),
+                                        prototypes, max_prototype_distance)
+        mapping.update({k: v["segment_id"] for k, v in by_prototype.items()})
+        stability["matched_by_prototype"] = {str(k): v for k, v in by_prototype.items()}
     next_id = max(issued, default=0) + 1
     for k in range(n_clusters):
         if k not in mapping:
@@ -60,6 +78,38 @@ def match_segments(
         stability["moved_share"] = float(np.mean(seg_now != seg_prev))
         stability["moved_customers"] = int(np.sum(seg_now != seg_prev))
         stability["ari_vs_previous"] = float(adjusted_rand_score(seg_prev, seg_now))
-        stability["new_segment_ids"] = sorted(int(v) for v in set(mapping.values()) - set(int(i) for i in prev.unique()))
-        stability["retired_segment_ids"] = sorted(int(i) for i in set(int(i) for i in prev.unique()) - set(mapping.values()))
+    if previous is not None and len(previous):
+        # ids of the clusters that hold customers tonight (an empty cluster is no segment)
+        used = set(mapping[int(k)] for k in np.unique(np.asarray(clusters)))
+        stability["new_segment_ids"] = sorted(int(v) for v in used - set(int(i) for i in prev.unique()))
+        stability["retired_segment_ids"] = sorted(int(i) for i in set(int(i) for i in prev.unique()) - used)
     return mapping, stability
+
+
+def match_prototypes(clusters: list[int], previous_ids: list[int],
+                     prototypes: Callable[[list[int]], tuple[dict[int, np.ndarray], dict[int, np.ndarray]]],
+                     max_distance: float) -> dict[int, dict[str, Any]]:
+    """{cluster: {"segment_id", "distance"}} for the unmatched ``clusters`` whose prototype lies
+    within ``max_distance`` of an unmatched previous segment's (one-to-one, nearest overall)."""
+    from scipy.optimize import linear_sum_assignment
+
+    if not clusters or not previous_ids:
+        return {}
+    now, before = prototypes(clusters)
+    rows = [k for k in clusters if k in now]
+    cols = [i for i in previous_ids if i in before]
+    if not rows or not cols:
+        return {}
+    dist = np.full((len(rows), len(cols)), np.inf)
+    for a, k in enumerate(rows):
+        for b, i in enumerate(cols):
+            d = np.asarray(now[k], dtype="float64") - np.asarray(before[i], dtype="float64")
+            ok = np.isfinite(d)
+            if ok.sum():  # features one side has no value for (all missing) are left out
+                dist[a, b] = float(np.sqrt(np.mean(d[ok] ** 2)))
+    finite = np.where(np.isfinite(dist), dist, 1e9)
+    out = {}
+    for a, b in zip(*linear_sum_assignment(finite)):
+        if dist[a, b] <= max_distance:
+            out[int(rows[a])] = {"segment_id": int(cols[b]), "distance": round(float(dist[a, b]), 4)}
+    return out

@@ -559,6 +559,64 @@ def _earlier_mapping(store, run: dict[str, Any], version: str) -> dict[int, int]
     return {int(k): int(v) for k, v in saved["mapping"].items()}
 
 
+def _prototypes(url: str, run: dict[str, Any], ids, clusters, unmatched: list[int]):
+    """Prototypes for the fallback of ``match_segments``: per unmatched cluster of tonight and per
+    segment of the previous published run, the mean of each numeric feature on the model's scale
+    (log for money and counts), in standard deviations of the previous run's base (the yardstick
+    its published profiles carry). Tonight's side is read from the features snapshot batch by
+    batch, so it costs a pass over the numeric columns and only when some cluster is unmatched."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from segmentation.profiles import _scale
+
+    spec = _spec(run)
+    numeric = [f for f in spec.features if f.type != "categorical"]
+    previous = _previous_profiles(url, run)
+    before: dict[int, np.ndarray] = {}
+    yardstick: dict[str, tuple[float, float]] = {}
+    for sid, prof in previous.items():
+        feats = (prof.get("summary") or {}).get("features") or {}
+        vec = []
+        for f in numeric:
+            e = feats.get(f.name) or {}
+            m, bm, bs = e.get("scaled_mean"), e.get("base_mean"), e.get("base_sd")
+            if all(isinstance(v, (int, float)) for v in (m, bm, bs)) and bs:
+                yardstick.setdefault(f.name, (float(bm), float(bs)))
+                vec.append((float(m) - float(bm)) / float(bs))
+            else:
+                vec.append(np.nan)
+        before[int(sid)] = np.array(vec)
+    if not before or not yardstick:
+        return {}, {}
+    path = _store(run).run_file(run["run_date"], "features.parquet")
+    if path is None:
+        return {}, {}
+    cluster_of = pd.Series(np.asarray(clusters), index=pd.Index(np.asarray(ids).astype(str)))
+    cluster_of = cluster_of[cluster_of.isin(unmatched)]
+    sums = {k: np.zeros(len(numeric)) for k in unmatched}
+    counts = {k: np.zeros(len(numeric)) for k in unmatched}
+    reader = pq.ParquetFile(path)
+    for batch in reader.iter_batches(batch_size=200_000, columns=[spec.entity_key, *[f.name for f in numeric]]):
+        frame = batch.to_pandas()
+        k = cluster_of.reindex(frame[spec.entity_key].astype(str).to_numpy()).to_numpy()
+        keep = ~pd.isna(k)
+        if not keep.any():
+            continue
+        frame, k = frame[keep], k[keep].astype("int64")
+        for j, f in enumerate(numeric):
+            bm, bs = yardstick.get(f.name, (np.nan, np.nan))
+            z = ((_scale(frame[f.name], f.type) - bm) / bs).to_numpy()
+            ok = np.isfinite(z)
+            for c in np.unique(k[ok]):
+                sel = ok & (k == c)
+                sums[int(c)][j] += z[sel].sum()
+                counts[int(c)][j] += sel.sum()
+    now = {c: np.where(counts[c] > 0, sums[c] / np.maximum(counts[c], 1), np.nan) for c in unmatched if counts[c].any()}
+    return now, before
+
+
 def assign_segment_ids(url: str, run: dict[str, Any], version: str, ids, clusters, n_clusters: int):
     """Map tonight's clusters to stable segment ids, save the mapping with the run, and return
     (mapping, stability). A rerun of a date with the same model keeps the ids that date was
@@ -567,7 +625,8 @@ def assign_segment_ids(url: str, run: dict[str, Any], version: str, ids, cluster
 
     store = _store(run)
     previous, issued = _previous_assignments(url, run)
-    mapping, stability = match_segments(ids, clusters, n_clusters, previous, issued)
+    mapping, stability = match_segments(ids, clusters, n_clusters, previous, issued,
+                                        prototypes=lambda unmatched: _prototypes(url, run, ids, clusters, unmatched))
     earlier = _earlier_mapping(store, run, version)
     if earlier is not None and earlier != mapping:
         log.info("score: keeping the segment ids %s was published with (a rerun)", run["run_date"])

@@ -527,6 +527,43 @@ def test_retrain_starts_from_last_nights_segments(tmp_path: Path) -> None:
     assert second["stability"]["moved_share"] <= 0.05, second["stability"]
 
 
+def test_unchanged_data_keeps_customers_in_their_segment_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 5: two consecutive nights on unchanged data keep at least 99% of customers in the same
+    segment id, on a night that keeps the production model and on one forced to fine-tune it."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    kept = synthetic_night(url, synthetic_run(tmp_path, S2, df))
+    # policy, not a mock: never keep the production model as it is, so the third night refreshes it
+    monkeypatch.setattr(pipeline, "KEEP_MARGIN", -math.inf)
+    refreshed = synthetic_night(url, synthetic_run(tmp_path, S3, df))
+    assert refreshed["training"]["mode"] == "refresh", refreshed["training"]
+    for night in (kept, refreshed):
+        st = night["stability"]
+        assert st["common_customers"] == len(df)
+        assert st["moved_share"] <= 0.01, (night["training"]["mode"], st)
+        assert st["new_segment_ids"] == [] and st["retired_segment_ids"] == [], st
+
+
+def test_a_night_of_new_customers_keeps_ids_by_prototype(tmp_path: Path) -> None:
+    """Issue 5: when tonight's clusters share no customers with last night's segments (here every
+    customer id is new, the behaviour the same), the ids carry over by the similarity of cluster
+    prototypes to the published profiles instead of all being issued anew."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    first = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    first_ids = {s["segment_id"] for s in first["segments"]}
+    renamed = df.assign(customer_id="new-" + df["customer_id"].astype(str))
+    second = synthetic_night(url, synthetic_run(tmp_path, S2, renamed))
+    st = second["stability"]
+    assert st["common_customers"] == 0
+    by_prototype = st["matched_by_prototype"]
+    tonight = {s["segment_id"] for s in second["segments"]}
+    assert {v["segment_id"] for v in by_prototype.values()} == tonight == first_ids, (by_prototype, first_ids)
+    assert st["new_segment_ids"] == [], st
+    assert all(v["distance"] <= 0.5 for v in by_prototype.values())
+
+
 @pytest.mark.parametrize("poison", ["weights", "one_segment"])
 def test_a_broken_retrain_is_never_promoted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, poison: str) -> None:
     """Issue 5: a retrain whose model has NaN weights, or puts every customer in one segment, fails
