@@ -31,6 +31,7 @@ Examples
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -51,7 +52,7 @@ from mnist_gmvae import (  # noqa: E402  (the sibling script holds the shared he
     now_utc,
     write_json,
 )
-from bench_meta import bench_machine  # noqa: E402
+from bench_meta import bench_machine, uncommitted_library_files  # noqa: E402
 
 DATA = Path("/work/shared/data")
 PEERS = ("gmm_diag", "gmm_full", "kmeans")
@@ -286,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mnist-fit-rows", type=int, default=None,
                    help="MNIST rows to fit on, the rest held out (default 8000: the split of mnist_gmvae.py; --quick 2000)")
     p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/peers.json)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the data sets of an existing --out file that this run does not measure (each data set "
+                        "records the command, commit and time that measured it)")
     return p
 
 
@@ -300,6 +304,13 @@ def resolve(args):
     return args
 
 
+def _provenance(payload: dict[str, Any]) -> dict[str, Any]:
+    machine = payload.get("machine", {})
+    return {"command": payload.get("command"), "started_utc": payload.get("started_utc"),
+            "git_commit": machine.get("git_commit"),
+            "uncommitted_library_files": machine.get("uncommitted_library_files")}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = resolve(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
@@ -311,11 +322,35 @@ def main(argv: list[str] | None = None) -> int:
     started, t0 = now_utc(), time.perf_counter()
     results: dict[str, Any] = {"tabular": {}}
     done: list[str] = []
+    kept: list[str] = []
+    if args.merge and Path(args.out).exists():
+        # a rerun of some data sets (after an engine change, say) keeps the others as they were measured
+        old = json.loads(Path(args.out).read_text())
+        if bool(old.get("quick")) != bool(args.quick):
+            sys.exit(f"peers.py: --merge: {args.out} holds a {'quick' if old.get('quick') else 'full'} run and this "
+                     f"one is {'quick' if args.quick else 'full'}; merge like with like (or pick another --out)")
+        old_results, old_run = old.get("results", {}), _provenance(old)
+        for name in old.get("datasets_done", []):
+            if name in args.datasets:
+                continue
+            entry = old_results.get(name) if name == "mnist" else old_results.get("tabular", {}).get(name)
+            if entry is None:
+                continue
+            entry.setdefault("measured_by", old_run)
+            if name == "mnist":
+                results["mnist"] = entry
+            else:
+                results["tabular"][name] = entry
+            kept.append(name)
+    measured_by = {"command": command_line(), "started_utc": started,
+                   "git_commit": bench_machine(1).get("git_commit"),
+                   "uncommitted_library_files": uncommitted_library_files()}
 
     def payload(finished: bool) -> dict[str, Any]:
         return {
             "benchmark": "peers", "command": command_line(), "started_utc": started,
-            "finished_utc": now_utc() if finished else None, "complete": finished, "datasets_done": list(done),
+            "finished_utc": now_utc() if finished else None, "complete": finished,
+            "datasets_done": kept + [d for d in done if d not in kept], "datasets_kept_from_earlier_run": kept,
             "total_wall_seconds": time.perf_counter() - t0, "quick": args.quick, "seeds": args.seeds,
             "config": {"gmvae": dict(GMVAE_DEFAULTS, epochs=args.epochs, hidden=list(GMVAE_DEFAULTS["hidden"])),
                        "gmm": {"max_iter": args.gmm_max_iter, "reg_covar": "1e-6, else 1e-4, else 1e-2 (per fit, recorded)",
@@ -331,13 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     # short keeps what it measured
     if "mnist" in args.datasets:
         print("MNIST (peers only; the GMVAE numbers come from results/mnist.json)", flush=True)
-        results["mnist"] = run_mnist(args)
+        results["mnist"] = dict(run_mnist(args), measured_by=measured_by)
         done.append("mnist")
         write_json(args.out, payload(False))
     for name in args.datasets:
         if name != "mnist":
             print(name, flush=True)
-            results["tabular"][name] = run_tabular(name, args)
+            results["tabular"][name] = dict(run_tabular(name, args), measured_by=measured_by)
             done.append(name)
             write_json(args.out, payload(False))
     final = payload(True)
