@@ -20,6 +20,17 @@ import time
 from pathlib import Path
 
 
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[1]), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except Exception:  # noqa: BLE001 - provenance is best effort
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--start", default="2011-11-01", help="first run date (default 2011-11-01)")
@@ -40,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     init_demo_warehouse(url)
     start = dt.date.fromisoformat(args.start)
     rows = []
+    started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
     print(f"{'night':<11} {'mode':<8} {'promoted':<8} {'customers':>9} {'moved':>7} {'ARI':>6} {'new ids':<10} {'secs':>6}  reason")
     for i in range(args.nights):
         d = start + dt.timedelta(days=i)
@@ -58,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
             "promoted": t["promoted"], "model": t["scoring_version"], "customers": res["n_customers"],
             "moved_share": st.get("moved_share"), "moved_customers": st.get("moved_customers"),
             "ari_vs_previous": st.get("ari_vs_previous"), "new_segment_ids": st.get("new_segment_ids", []),
-            "retired_segment_ids": st.get("retired_segment_ids", []), "seconds": round(secs, 1),
+            "retired_segment_ids": st.get("retired_segment_ids", []),
+            "matched_by_prototype": st.get("matched_by_prototype") or {},
+            "gate": t.get("gate"), "message": res.get("message"), "seconds": round(secs, 1),
         }
         rows.append(row)
         moved = f"{row['moved_share']:.1%}" if row["moved_share"] is not None else "-"
@@ -68,10 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "command": " ".join([sys.executable, *sys.argv]), "start": args.start, "nights": args.nights,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "command": " ".join(["python", *sys.argv]), "start": args.start, "nights": args.nights,
+        "started_utc": started, "finished_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "git_commit": _git_commit()},
         "rows": rows,
-    }, indent=2))
+    }, indent=2, default=str))
     print(f"results: {out}")
     return 0 if all(r["status"] == "success" for r in rows) else 1
 
