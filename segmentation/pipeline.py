@@ -666,9 +666,15 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
     path = _run_dir(run) / "assignments.parquet"
     pq.write_table(table, path)
     store.put_run_file(run["run_date"], path)
+    if stability.get("matched_by_prototype"):
+        log.info("score: %s kept by profile similarity (too few shared customers to match on)",
+                 ", ".join(f"segment {v['segment_id']} (distance {v['distance']:.2f} SD)"
+                           for v in stability["matched_by_prototype"].values()))
     if stability.get("common_customers"):
         log.info("score: %d customers; %.1f%% moved segment since the previous run (ARI %.3f)",
                  len(ids), 100 * stability["moved_share"], stability["ari_vs_previous"])
+    elif "new_segment_ids" in stability:
+        log.info("score: %d customers, none of them in the previous run", len(ids))
     else:
         log.info("score: %d customers (first run: no previous segments to match)", len(ids))
     return {"assignments": str(path), "n_customers": int(len(ids)), "model_version": version, "stability": stability}

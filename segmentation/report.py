@@ -783,7 +783,7 @@ def _overview(data: ReportData) -> str:
         _tile("Customers", fmt_int(n_customers),
               f"{fmt_signed(int(n_customers) - prev_n)} since {_e(data.previous_date)}" if prev_n is not None else ""),
         _tile("Segments", fmt_int(len(data.profiles)),
-              _e(_segment_churn_text(stability)) if stability.get("common_customers") else ""),
+              _e(_segment_churn_text(stability)) if "new_segment_ids" in stability else ""),
         _tile("Run", _e(data.run["run_date"]), f"id {_e(data.run.get('run_id'))}"
               + (f" · status {_badge(rec.get('status'))}" if rec.get("status") else "")),
     ]
@@ -832,9 +832,14 @@ def _overview(data: ReportData) -> str:
 
 def _segment_churn_text(stability: dict[str, Any]) -> str:
     new, retired = stability.get("new_segment_ids") or [], stability.get("retired_segment_ids") or []
+    by_profile = sorted({int(v["segment_id"]) for v in (stability.get("matched_by_prototype") or {}).values()
+                         if isinstance(v, dict) and "segment_id" in v})
+    # ids carried over by profile similarity rather than by shared customers are worth saying:
+    # the marketer should know the match is by resemblance
+    kept = f"ids {', '.join(map(str, by_profile))} kept by profile similarity" if by_profile else ""
     if not new and not retired:
-        return "same segment ids as the previous run"
-    parts = []
+        return "same segment ids as the previous run" + (f" ({kept})" if kept else "")
+    parts = [kept] if kept else []
     if new:
         parts.append(f"new: {', '.join(map(str, new))}")
     if retired:

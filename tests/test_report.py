@@ -443,3 +443,14 @@ def test_report_renders_in_headless_chromium(chromium: str, report: dict[str, An
     assert DAY2 in got["title"]
     assert [h.strip() for h in got["h2"]][:3] == ["Overview", "At a glance", "Segments"]
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_overview_says_which_ids_were_kept_by_profile_similarity() -> None:
+    """A segment id carried over by resemblance (no shared customers) is named as such, so a
+    marketer knows the match is by profile, not by the same people."""
+    from segmentation.report import _segment_churn_text
+
+    st = {"new_segment_ids": [], "retired_segment_ids": [4],
+          "matched_by_prototype": {"0": {"segment_id": 2, "distance": 0.1}, "3": {"segment_id": 1, "distance": 0.3}}}
+    assert _segment_churn_text(st) == "ids 1, 2 kept by profile similarity; retired: 4"
+    assert _segment_churn_text({"new_segment_ids": [], "retired_segment_ids": []}) == "same segment ids as the previous run"
