@@ -113,6 +113,12 @@ def provenance(d: dict[str, Any] | None, seeds: Any = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seeds_of(entry: dict[str, Any] | None) -> list[int] | str:
+    """The seeds a data set's runs used (a merged peers file can hold data sets run with other seeds)."""
+    got = sorted({r["seed"] for r in (entry or {}).get("runs", []) if isinstance(r, dict) and "seed" in r})
+    return got or "n/a"
+
+
 def measured_by(entry: dict[str, Any] | None) -> str:
     """The line naming which run measured one data set of a merged result file (peers.py --merge)."""
     mb = (entry or {}).get("measured_by")
@@ -313,7 +319,7 @@ def section_quality(page: Page, res: Path, targets: dict[str, Any]) -> None:
             for meth, s in pm["summary"].items():
                 ll = ms(s["log_likelihood"], 1) + " (density of x, not comparable)" if "log_likelihood" in s else "n/a"
                 page.add(f"| {names.get(meth, meth)} | {ms(s['hungarian_accuracy'])} | {ms(s['nmi'])} | {ms(s['ari'])} | "
-                         f"{ll} | {ms(s['fit_seconds'], 1)} | {pe.get('seeds')} | peers.json |")
+                         f"{ll} | {ms(s['fit_seconds'], 1)} | {seeds_of(pm)} | peers.json |")
         page.add("")
         page.add("Held-out log-likelihoods are not comparable across model families: the GMVAE's is log p(x) of the "
                  "784 binary pixels under its Bernoulli decoder (a probability, at most 0), GaussianMixture's is a "
@@ -321,7 +327,7 @@ def section_quality(page: Page, res: Path, targets: dict[str, Any]) -> None:
         if mn:
             page.add("GMVAE rows:", "", provenance(mn))
         if pm:
-            page.add("Peer rows:", "", provenance(pe))
+            page.add("Peer rows:", "", provenance(pe, seeds=seeds_of(pm)))
             if measured_by(pm):
                 page.add(f"MNIST peer rows {measured_by(pm)}.", "")
         if mn and "concrete" in mn.get("summary", {}):
@@ -365,7 +371,7 @@ def section_quality(page: Page, res: Path, targets: dict[str, Any]) -> None:
              "subscribed (bank marketing) and churn (telco) are single outcomes, and a segmentation that describes "
              "customers well can cut across them; only penguins' species is a natural cluster label. "
              "Read these ARI/NMI values as agreement with one outcome, not as segment quality.", "",
-             provenance(pe))
+             provenance(pe, seeds="per data set, below"))
     names = {"concrete": "GMVAE concrete", "exact": "GMVAE exact", "gmm_diag": "GaussianMixture diag",
              "gmm_full": "GaussianMixture full", "kmeans": "KMeans"}
     order = ["concrete", "exact", "gmm_diag", "gmm_full", "kmeans"]
@@ -387,7 +393,7 @@ def section_quality(page: Page, res: Path, targets: dict[str, Any]) -> None:
         page.add(f"| {ds} | " + " | ".join(ms(s[m]["fit_seconds"], 1) if m in s else "n/a" for m in order) + f" | {ep} |")
     page.add("")
     for ds, r in tab.items():
-        page.add(f"- {ds}: {r['description']}; label classes {r['label_classes']}"
+        page.add(f"- {ds}: {r['description']}; label classes {r['label_classes']}; seeds {seeds_of(r)}"
                  + (f"; {measured_by(r)}" if measured_by(r) else ""))
     page.add("")
     tg = pe.get("targets", {})
