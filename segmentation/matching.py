@@ -38,17 +38,15 @@ def match_segments(
     ``max_prototype_distance`` (root mean square over the features).
     """
     from scipy.optimize import linear_sum_assignment
-    from sklearn.metrics import adjusted_rand_score
 
     issued = set(int(i) for i in (issued_ids or []))
     mapping: dict[int, int] = {}
-    stability: dict[str, Any] = {"previous_customers": 0, "common_customers": 0}
+    stability: dict[str, Any] = {}
     if previous is not None and len(previous):
         prev = pd.Series(previous["segment_id"].to_numpy(), index=previous["customer_id"].astype(str).to_numpy())
         issued |= set(int(i) for i in prev.unique())
         now = pd.Series(clusters, index=pd.Index(customer_ids).astype(str))
         common = now.index.intersection(prev.index)
-        stability.update(previous_customers=int(len(prev)), common_customers=int(len(common)))
         if len(common):
             prev_ids = np.sort(prev.unique())
             col = {int(s): j for j, s in enumerate(prev_ids)}
@@ -72,18 +70,35 @@ def match_segments(
         if k not in mapping:
             mapping[k] = next_id
             next_id += 1
-    if stability["common_customers"]:
+    stability.update(segment_stability(customer_ids, clusters, previous, mapping))
+    return mapping, stability
+
+
+def segment_stability(customer_ids, clusters, previous: pd.DataFrame | None, mapping: dict[int, int]) -> dict[str, Any]:
+    """How tonight's segments (``mapping`` of ``clusters``) compare with ``previous``: customers in
+    common, the share and number that changed segment id, ARI, new and retired ids. Computed from
+    the mapping that is published, whichever way it was chosen."""
+    from sklearn.metrics import adjusted_rand_score
+
+    out: dict[str, Any] = {"previous_customers": 0, "common_customers": 0}
+    if previous is None or not len(previous):
+        return out
+    prev = pd.Series(previous["segment_id"].to_numpy(), index=previous["customer_id"].astype(str).to_numpy())
+    now = pd.Series(np.asarray(clusters), index=pd.Index(customer_ids).astype(str))
+    common = now.index.intersection(prev.index)
+    out.update(previous_customers=int(len(prev)), common_customers=int(len(common)))
+    if len(common):
         seg_now = np.array([mapping[int(c)] for c in now[common].to_numpy()])
         seg_prev = prev[common].to_numpy()
-        stability["moved_share"] = float(np.mean(seg_now != seg_prev))
-        stability["moved_customers"] = int(np.sum(seg_now != seg_prev))
-        stability["ari_vs_previous"] = float(adjusted_rand_score(seg_prev, seg_now))
-    if previous is not None and len(previous):
-        # ids of the clusters that hold customers tonight (an empty cluster is no segment)
-        used = set(mapping[int(k)] for k in np.unique(np.asarray(clusters)))
-        stability["new_segment_ids"] = sorted(int(v) for v in used - set(int(i) for i in prev.unique()))
-        stability["retired_segment_ids"] = sorted(int(i) for i in set(int(i) for i in prev.unique()) - used)
-    return mapping, stability
+        out["moved_share"] = float(np.mean(seg_now != seg_prev))
+        out["moved_customers"] = int(np.sum(seg_now != seg_prev))
+        out["ari_vs_previous"] = float(adjusted_rand_score(seg_prev, seg_now))
+    # ids of the clusters that hold customers tonight (an empty cluster is no segment)
+    used = set(mapping[int(k)] for k in np.unique(np.asarray(clusters)))
+    before = set(int(i) for i in prev.unique())
+    out["new_segment_ids"] = sorted(int(v) for v in used - before)
+    out["retired_segment_ids"] = sorted(int(i) for i in before - used)
+    return out
 
 
 def match_prototypes(clusters: list[int], previous_ids: list[int],

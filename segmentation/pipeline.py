@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from segmentation.scoring import _top2, entity_id_text
 from segmentation.spec import Spec, load_spec
 
 log = logging.getLogger(__name__)
@@ -349,6 +350,7 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     """
     from segmentation import ConcreteGMVAE
     from segmentation.model.artifact import ArtifactError
+    from segmentation.model.training import TrainingDiverged
 
     spec = _spec(run)
     store = _store(run)
@@ -405,16 +407,28 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
                     "train_seconds": 0.0, "epochs_run": 0}
     started = time.perf_counter()
     log.info("train: %s (%s) on %d customers, K=%d", mode, reason, len(df), run["n_segments"])
-    if base_model is not None:
-        model = base_model.set_params(warm_start=True, epochs=REFRESH_EPOCHS, patience=REFRESH_EPOCHS,
-                                      learning_rate=REFRESH_LEARNING_RATE)
-        lineage_start = base_model.metadata_.get("run", {}).get("lineage_start") or base_model.metadata_.get("run", {}).get("run_date")
-        model.fit(df, table_name=spec.features_relation.qualified)
-    else:
-        lineage_start = run["run_date"]
-        model = ConcreteGMVAE(progress=None, **settings)
-        anchor = _retrain_anchor(url, run, df, spec)
-        model.fit(df, feature_types=spec.feature_types, table_name=spec.features_relation.qualified, anchor=anchor)
+    # the model to fall back on when the new one fails: production, if it can score tonight's spec
+    fallback = base if base and _compatible(store, base, spec, run) and _loadable(store, base) else None
+    try:
+        if base_model is not None:
+            model = base_model.set_params(warm_start=True, epochs=REFRESH_EPOCHS, patience=REFRESH_EPOCHS,
+                                          learning_rate=REFRESH_LEARNING_RATE)
+            lineage_start = base_model.metadata_.get("run", {}).get("lineage_start") or base_model.metadata_.get("run", {}).get("run_date")
+            model.fit(df, table_name=spec.features_relation.qualified)
+        else:
+            lineage_start = run["run_date"]
+            model = ConcreteGMVAE(progress=None, **settings)
+            anchor = _retrain_anchor(url, run, df, spec)
+            model.fit(df, feature_types=spec.feature_types, table_name=spec.features_relation.qualified, anchor=anchor)
+    except TrainingDiverged as exc:
+        # a diverged fit is a model that failed the gate before it existed: keep production
+        seconds = time.perf_counter() - started
+        problem = f"training diverged: {exc}"
+        if not fallback:
+            raise PipelineError(f"{problem}; there is no usable production model to fall back on") from exc
+        log.warning("train: %s; scoring with production model %s (run degraded)", problem, fallback)
+        return {"model_version": None, "mode": mode, "reason": reason, "promoted": False, "base_version": base,
+                "scoring_version": fallback, "gate": [problem], "train_seconds": round(seconds, 2), "epochs_run": None}
     seconds = time.perf_counter() - started
     score_now = float(model.score(df))
     problems = _gate(model, df, score_now)
@@ -425,7 +439,6 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
             problems.append(f"ELBO {score_now:.3f} is worse than production's {base_score:.3f} by more than {ELBO_MARGIN:.0%}")
     promoted = not problems
     scoring_version = None
-    fallback = base if base and _loadable(store, base) else None
     kept_reason = None
     if promoted and reason.startswith("weekly") and base_score is not None and fallback \
             and score_now < base_score + SCHEDULED_RETRAIN_MIN_GAIN * abs(base_score):
@@ -473,7 +486,7 @@ def _retrain_anchor(url: str, run: dict[str, Any], df, spec: Spec):
     if prev is None:
         return None
     last = dict(zip(prev["customer_id"].astype(str), prev["segment_id"]))
-    anchor = [last.get(c) for c in df[spec.entity_key].astype(str)]
+    anchor = [last.get(c) for c in entity_id_text(df[spec.entity_key])]
     known = sum(a is not None for a in anchor)
     log.info("train: the retrain starts from last night's segments (%d of %d customers had one)", known, len(df))
     return anchor
@@ -600,7 +613,7 @@ def _prototypes(url: str, run: dict[str, Any], ids, clusters, unmatched: list[in
     reader = pq.ParquetFile(path)
     for batch in reader.iter_batches(batch_size=200_000, columns=[spec.entity_key, *[f.name for f in numeric]]):
         frame = batch.to_pandas()
-        k = cluster_of.reindex(frame[spec.entity_key].astype(str).to_numpy()).to_numpy()
+        k = cluster_of.reindex(entity_id_text(frame[spec.entity_key])).to_numpy()
         keep = ~pd.isna(k)
         if not keep.any():
             continue
@@ -621,7 +634,7 @@ def assign_segment_ids(url: str, run: dict[str, Any], version: str, ids, cluster
     """Map tonight's clusters to stable segment ids, save the mapping with the run, and return
     (mapping, stability). A rerun of a date with the same model keeps the ids that date was
     published with, even when a backfill has since changed which run counts as the previous one."""
-    from segmentation.matching import match_segments
+    from segmentation.matching import match_segments, segment_stability
 
     store = _store(run)
     previous, issued = _previous_assignments(url, run)
@@ -631,7 +644,8 @@ def assign_segment_ids(url: str, run: dict[str, Any], version: str, ids, cluster
     if earlier is not None and earlier != mapping:
         log.info("score: keeping the segment ids %s was published with (a rerun)", run["run_date"])
         mapping = earlier
-        stability["kept_ids_of_earlier_attempt"] = True
+        # the figures describe what is published: the earlier mapping, not tonight's fresh match
+        stability = segment_stability(ids, clusters, previous, mapping) | {"kept_ids_of_earlier_attempt": True}
     path = _run_dir(run) / "segment_mapping.json"
     path.write_text(json.dumps({"model_version": version, "mapping": {str(k): v for k, v in mapping.items()}}))
     store.put_run_file(run["run_date"], path)
@@ -651,9 +665,10 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
     model = store.load_model(version)
     df = _read_features(run)
     proba = model.predict_proba(df)
-    order = np.argsort(-proba, axis=1)
-    top, second = order[:, 0], order[:, 1]
-    ids = df[spec.entity_key].astype(str).to_numpy()
+    top = np.argmax(proba, axis=1)
+    # the runner-up among the clusters that hold customers tonight (scoring._top2 says why)
+    top, second = _top2(proba, np.bincount(top, minlength=proba.shape[1]) > 0)
+    ids = entity_id_text(df[spec.entity_key])
     mapping, stability = assign_segment_ids(url, run, version, ids, top, model.n_segments)
     seg = np.array([mapping[int(k)] for k in top])
     runner = np.array([mapping[int(k)] for k in second])
@@ -764,13 +779,14 @@ def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict
     (_run_dir(run) / "profiles.json").write_text(json.dumps(profiles, indent=2))
     _store(run).put_run_file(run["run_date"], _run_dir(run) / "profiles.json")
     segments_tbl, profiles_tbl = profiles_tables(profiles)
-    outputs = validate_outputs(assignments, customer_ids=df[spec.entity_key].astype(str).tolist(),
+    outputs = validate_outputs(assignments, customer_ids=list(entity_id_text(df[spec.entity_key])),
                                n_segments_known=[p["segment_id"] for p in profiles], out_dir=_run_dir(run))
     outputs.raise_if_failed()
     finished = dt.datetime.now(dt.timezone.utc)
     # degraded: a new model failed the gate (not: a scheduled retrain that was simply not better)
     degraded = bool(trained.get("gate"))
-    message = "ok" if not degraded else f"degraded: new model {trained['model_version']} not promoted " \
+    what = f"new model {trained['model_version']} not promoted" if trained.get("model_version") else "no new model"
+    message = "ok" if not degraded else f"degraded: {what} " \
         f"({'; '.join(trained.get('gate', []))}); scored with {trained['scoring_version']}"
     record = {
         "status": "success",

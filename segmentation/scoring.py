@@ -135,12 +135,30 @@ def iter_predict_proba(model: Any, batches: Iterable[Any]) -> Iterator[tuple[Any
             yield batch, torch.cat(out).numpy()
 
 
-def _top2(proba):
-    """Best and runner-up cluster per row, ordered exactly as ``pipeline.score`` orders them."""
+def _top2(proba, live=None):
+    """Best and runner-up cluster per row, ordered exactly as ``pipeline.score`` orders them.
+
+    ``live`` (one bool per cluster): the clusters that hold customers tonight. The runner-up is
+    taken among them, because a cluster nobody is assigned to gets no published segment id, and a
+    runner-up pointing at it would name a segment the marketers' tables do not have."""
     import numpy as np
 
+    if live is not None and np.count_nonzero(live) >= 2:
+        proba = np.where(np.asarray(live, dtype=bool)[None, :], proba, -np.inf)
     order = np.argsort(-proba, axis=1)
     return order[:, 0].astype("int64"), order[:, 1].astype("int64")
+
+
+def entity_id_text(values) -> "Any":
+    """Customer ids as the text the warehouse contract stores, the same on every path (whole-table
+    and sharded scoring, matching, validation): Arrow's cast, so a float key 10000.0 reads '10000'
+    wherever it is read, where pandas' astype(str) would write '10000.0'."""
+    import pyarrow as pa
+
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, from_pandas=True)
+    if arr.type != pa.string():
+        arr = arr.cast(pa.string())
+    return arr.to_numpy(zero_copy_only=False).astype(object)
 
 
 def part_schema(id_column: str | None, n_segments: int, probabilities: bool):
@@ -174,6 +192,7 @@ def score_parquet(
     row_range: tuple[int, int] | None = None,
     probabilities: bool = False,
     device: str = "cpu",
+    live: "Any" = None,
 ) -> dict[str, Any]:
     """Score the rows of a Parquet file in batches of at most ``batch_rows`` rows and write one
     Parquet part (schema above) to ``out_path``, atomically. ``model`` is a model folder or a loaded
@@ -202,7 +221,7 @@ def score_parquet(
     try:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for batch, proba in iter_predict_proba(m, _iter_range(pf, start, stop, batch_rows, columns)):
-                top, second = _top2(proba)
+                top, second = _top2(proba, live)
                 cols: list[Any] = []
                 if id_column:
                     ids = batch.column(batch.schema.get_field_index(id_column))
@@ -328,7 +347,7 @@ def score_shard(run: dict[str, Any], trained: dict[str, Any], shard: dict[str, A
     log.info("score shard %d/%d: %d rows, %.0f rows/s", shard["shard"] + 1, shard["n_shards"], stats["rows"],
              stats["rows_per_s"] or 0)
     return {"shard": int(shard["shard"]), "n_shards": int(shard["n_shards"]), "part": part_name(shard["shard"]),
-            "rows": stats["rows"], "model_version": version, "seconds": stats["seconds"]}
+            "start": int(shard["start"]), "stop": int(shard["stop"]), "rows": stats["rows"], "model_version": version, "seconds": stats["seconds"]}
 
 
 def _put_part(store: Any, run_date: str, path: Path) -> None:
@@ -379,6 +398,22 @@ def finalize_scores(url: str, run: dict[str, Any], trained: dict[str, Any], shar
                           for p in parts]).astype(str)
     top = np.concatenate([pq.read_table(p, columns=["cluster"]).column(0).to_numpy() for p in parts])
     k = int(store.model_metadata(trained["scoring_version"])["config"]["n_segments"])
+    live = np.bincount(top, minlength=k) > 0
+    stale = [i for i, p in enumerate(parts)
+             if not live[pq.read_table(p, columns=["runner_up_cluster"]).column(0).to_numpy()].all()]
+    if stale and live.sum() >= 2:
+        # a shard's runner-up can only be judged once every shard is scored: a cluster that holds
+        # nobody tonight gets no segment id, so the shards that named it as a runner-up are scored
+        # again with the runner-up taken among the populated clusters (rare: a kept model whose
+        # segment emptied)
+        snapshot = store.run_file(run["run_date"], "features.parquet")
+        model = store.load_model(trained["scoring_version"])
+        log.info("score: %d shard(s) rescored: their runner-up segment is empty tonight", len(stale))
+        for i in stale:
+            s = shards[i]
+            score_parquet(model, snapshot, parts[i], id_column=spec.entity_key, row_range=(s["start"], s["stop"]),
+                          live=live)
+            _put_part(store, run["run_date"], parts[i])
     mapping, stability = assign_segment_ids(url, run, trained["scoring_version"], ids, top, k)
     del ids, top
     run_dir = _run_dir(run)

@@ -605,3 +605,123 @@ def test_a_broken_retrain_is_never_promoted(tmp_path: Path, monkeypatch: pytest.
     assert record["message"].startswith("degraded: new model") and training["gate"][0] in record["message"], record["message"]
     after = {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)}
     assert after == before  # the production model scored the same customers the same way
+
+
+def _sharded(url: str, run: dict[str, Any], trained: dict[str, Any], rows_per_shard: int) -> dict[str, Any]:
+    from segmentation.scoring import finalize_scores, plan_run_shards, score_shard
+
+    plan = plan_run_shards(run, rows_per_shard=rows_per_shard)
+    assert len(plan) > 1
+    return finalize_scores(url, run, trained, [score_shard(run, trained, s) for s in plan])
+
+
+def _assignments(scored: dict[str, Any]) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return sorted(pq.read_table(scored["assignments"]).to_pylist(), key=lambda r: r["customer_id"])
+
+
+def test_a_kept_model_whose_segment_emptied_publishes_without_it(tmp_path: Path) -> None:
+    """Found by the break-it review: a night that keeps the production model while one of its
+    segments has no customer left named that cluster as some customers' runner-up, under an id
+    never published, and output validation failed the night. The runner-up is now taken among the
+    segments published tonight, on both scoring paths; the emptied segment is retired."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    current = {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)}
+    gone = max(set(current.values()), key=lambda s: sum(v == s for v in current.values()))
+    tonight = df[~df["customer_id"].astype(str).map(current).eq(gone)].reset_index(drop=True)
+    run = synthetic_run(tmp_path, S2, tonight)
+    trained = pipeline.train(url, run, {"status": "passed", "drift_detected": False})
+    assert trained["mode"] == "keep", trained
+    whole = pipeline.score(url, run, trained)
+    expected = _assignments(whole)
+    assert _assignments(_sharded(url, run, trained, rows_per_shard=200)) == expected
+    published_ids = {r["segment_id"] for r in expected}
+    assert gone not in published_ids
+    assert {r["runner_up_segment_id"] for r in expected} <= published_ids
+    assert all(r["runner_up_segment_id"] != r["segment_id"] for r in expected)
+    result = pipeline.publish(url, run, trained, whole, {"status": "passed", "drift_detected": False})
+    assert whole["stability"]["retired_segment_ids"] == [gone], whole["stability"]
+    assert {s["segment_id"] for s in result["segments"]} == published_ids
+    segments = {r["segment_id"]: r["status"] for r in rows(url, SEGMENTS)}
+    assert segments[gone] == "retired"
+
+
+def test_float_customer_keys_read_the_same_on_both_scoring_paths(tmp_path: Path) -> None:
+    """Found by the break-it review: a DOUBLE customer key was '10000.0' from whole-table scoring and
+    '10000' from sharded scoring, so a sharded night could not publish (and would match nobody).
+    Every path writes Arrow's text of the key."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers(n=600)
+    df["customer_id"] = (10000 + df.index).astype("float64")
+    run = synthetic_run(tmp_path, S1, df)
+    trained = pipeline.train(url, run, {"status": "passed", "drift_detected": False})
+    whole = pipeline.score(url, run, trained)
+    expected = _assignments(whole)
+    assert expected[0]["customer_id"] == "10000"
+    sharded = _sharded(url, run, trained, rows_per_shard=250)
+    assert _assignments(sharded) == expected
+    published = pipeline.publish(url, run, trained, sharded, {"status": "passed", "drift_detected": False})
+    assert published["n_customers"] == len(df)
+
+
+def test_a_diverged_retrain_keeps_production(tmp_path: Path) -> None:
+    """Found by the break-it review: a retrain whose loss blew up raised and failed the whole night,
+    although a good production model existed. It is now a degraded night scored with production."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    first = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    v1 = first["training"]["model_version"]
+    before = {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)}
+    spec = json.loads((tmp_path / "synthetic.json").read_text())
+    spec["model"]["learning_rate"] = 1e3      # a real divergence, not a mock
+    (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+    second = synthetic_night(url, synthetic_run(tmp_path, S2, df, full_retrain=True))
+    training = second["training"]
+    assert training["promoted"] is False and training["scoring_version"] == v1, training
+    assert training["gate"] and training["gate"][0].startswith("training diverged"), training["gate"]
+    assert second["degraded"] is True
+    (record,) = rows(url, RUNS, "WHERE run_id = ?", [f"synthetic-{S2.isoformat()}"])
+    assert record["status"] == "success" and record["message"].startswith("degraded: no new model (training diverged")
+    assert pipeline._store(synthetic_run(tmp_path, S2, df)).production() == v1
+    assert {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)} == before
+
+
+def test_no_fallback_on_a_model_that_cannot_score_tonights_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the break-it review: when the spec dropped a feature and the retrain failed the gate,
+    the run fell back on the old model, which then crashed at scoring for the missing column. The
+    fallback must fit tonight's spec; otherwise the error says there is none."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    spec = json.loads((tmp_path / "synthetic.json").read_text())
+    spec["features"] = [f for f in spec["features"] if f["name"] != "visits"]
+    (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+    monkeypatch.setattr(pipeline, "MAX_DOMINANT_SHARE", 0.0)  # policy: any segment is too big, so the gate fails
+    run = synthetic_run(tmp_path, S2, df.drop(columns=["visits"]))
+    with pytest.raises(pipeline.PipelineError, match="no usable production model to fall back on"):
+        pipeline.train(url, run, {"status": "passed", "drift_detected": False})
+
+
+def test_a_rerun_that_keeps_its_ids_reports_the_published_movers(tmp_path: Path) -> None:
+    """Found by the break-it review: a rerun keeping the ids it was first published with reported
+    stability computed for the discarded fresh match (0% moved while the tables showed 68%)."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    synthetic_night(url, synthetic_run(tmp_path, S2, df, full_retrain=True))
+    spec = json.loads((tmp_path / "synthetic.json").read_text())
+    spec["model"]["seed"] = 7                 # a backfill of S1 with another model
+    (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+    synthetic_night(url, synthetic_run(tmp_path, S1, df, full_retrain=True))
+    spec["model"]["seed"] = 0
+    (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+    again = synthetic_night(url, synthetic_run(tmp_path, S2, df))
+    st = again["stability"]
+    s1 = {r["customer_id"]: r["segment_id"] for r in assignments_of(url, S1)}
+    s2 = {r["customer_id"]: r["segment_id"] for r in assignments_of(url, S2)}
+    moved = sum(s1[c] != s2[c] for c in s2 if c in s1)
+    assert st["moved_customers"] == moved, (st, moved)
+    assert st["moved_share"] == pytest.approx(moved / len(s2))
