@@ -27,16 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from segmentation.scoring import _top2, entity_id_text
-from segmentation.spec import Spec, load_spec
+from segmentation.spec import MODEL_KEYS, Spec, load_spec
 
 log = logging.getLogger(__name__)
 
 # Model settings a spec's ``model:`` block may set (the rest of ConcreteGMVAE's are left default).
-_MODEL_KEYS = (
-    "n_segments", "latent_dim", "hidden", "estimator", "tau_start", "tau_min", "tau_decay", "kl_anneal_epochs",
-    "epochs", "batch_size", "learning_rate", "patience", "validation_fraction", "min_level_count", "seed",
-    "device", "n_threads", "bf16", "init", "pretrain_epochs",
-)
+_MODEL_KEYS = tuple(MODEL_KEYS)  # the spec's model: keys, checked when the spec is read
 REFRESH_EPOCHS = 5           # fine-tuning epochs of a nightly refresh
 REFRESH_LEARNING_RATE = 3e-4  # gentler than training: a refresh adapts, it must not reshuffle
 KEEP_MARGIN = 0.02           # production still fits when its ELBO on tonight's data is within 2% of training's

@@ -19,6 +19,17 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 DEFAULT_SPEC = Path(__file__).parent / "specs" / "online_retail.yaml"
 
+# the spec's ``model:`` keys (ConcreteGMVAE arguments) and the type each must have; the pipeline
+# passes exactly these on, so a typo or a wrong type is caught when the spec is read, not hours
+# later when training starts
+MODEL_KEYS: dict[str, tuple[type, ...]] = {
+    "n_segments": (int,), "latent_dim": (int,), "hidden": (list,), "estimator": (str,), "tau_start": (int, float),
+    "tau_min": (int, float), "tau_decay": (int, float), "kl_anneal_epochs": (int,), "epochs": (int,),
+    "batch_size": (int,), "learning_rate": (int, float), "patience": (int,), "validation_fraction": (int, float),
+    "min_level_count": (int,), "seed": (int,), "device": (str,), "n_threads": (int,), "bf16": (bool,),
+    "init": (str,), "pretrain_epochs": (int,),
+}
+
 
 class SpecError(ValueError):
     """The spec file is malformed; the message names the file, the entry and what to fix."""
@@ -104,6 +115,48 @@ def _relation(raw: Any, where: str) -> Relation:
     )
 
 
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where} must be a mapping (key: value lines), not {type(raw).__name__} {raw!r}")
+    return raw
+
+
+def _number(raw: Any, where: str) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise SpecError(f"{where} must be a number, not {raw!r}")
+    return raw
+
+
+def _words(raw: Any, where: str) -> str:
+    """A label word (high_label / low_label): absent is fine, but given it must be real text."""
+    if raw is None:
+        return ""
+    if not isinstance(raw, str) or not raw.strip():
+        raise SpecError(f"{where} must be a non-empty text (or left out), not {raw!r}")
+    return raw.strip()
+
+
+def _model(raw: Any, where: str) -> dict[str, Any]:
+    model = _mapping(raw, where)
+    unknown = sorted(set(model) - set(MODEL_KEYS))
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {unknown}; known: {', '.join(MODEL_KEYS)}")
+    for key, value in model.items():
+        types = MODEL_KEYS[key]
+        bad_bool = isinstance(value, bool) and bool not in types
+        if bad_bool or not isinstance(value, types):
+            want = " or ".join("a whole number" if t is int else "a number" if t is float else "a list" if t is list
+                               else "true/false" if t is bool else "text" for t in types)
+            raise SpecError(f"{where}.{key} must be {want}, not {value!r}")
+        if key == "hidden" and not (value and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in value)):
+            raise SpecError(f"{where}.hidden must be a list of positive layer widths like [256, 128], not {value!r}")
+    return dict(model)
+
+
 def _implied_by(raw: Any, where: str) -> tuple[str, ...]:
     """``implied_by``: a list of traits written ``feature:higher`` or ``feature:lower``."""
     if raw is None:
@@ -124,6 +177,8 @@ def parse_spec(data: dict[str, Any], path: str = "<dict>") -> Spec:
     missing = [k for k in ("name", "entity_key", "features", "features_relation") if k not in data]
     if missing:
         raise SpecError(f"{path}: missing required key(s): {', '.join(missing)}")
+    if data["features"] is not None and not isinstance(data["features"], list):
+        raise SpecError(f"{path}: 'features' must be a list of features, not {type(data['features']).__name__}")
     feats = []
     seen = set()
     for i, raw in enumerate(data["features"] or []):
@@ -139,18 +194,25 @@ def parse_spec(data: dict[str, Any], path: str = "<dict>") -> Spec:
             raise SpecError(
                 f"{where}: feature {name!r} has unknown type {ftype!r}; use one of {', '.join(FEATURE_TYPES)}"
             )
-        rc = raw.get("checks") or {}
+        rc = _mapping(raw.get("checks"), f"{where}: feature {name!r}: checks")
         unknown = set(rc) - {"min", "max", "max_null_share", "allowed", "severity"}
         if unknown:
             raise SpecError(f"{where}: unknown check(s) {sorted(unknown)} for feature {name!r}")
         sev = rc.get("severity", "error")
         if sev not in SEVERITIES:
             raise SpecError(f"{where}: severity {sev!r} for {name!r} must be 'error' or 'warning'")
+        share = _number(rc.get("max_null_share", 0.0), f"{where}: feature {name!r}: checks.max_null_share")
+        if not 0.0 <= share <= 1.0:
+            raise SpecError(f"{where}: feature {name!r}: checks.max_null_share must be between 0 and 1, not {share!r}")
+        allowed = rc.get("allowed")
+        if allowed is not None and (not isinstance(allowed, list)
+                                    or not all(isinstance(v, (str, int, float)) for v in allowed)):
+            raise SpecError(f"{where}: feature {name!r}: checks.allowed must be a list of values, not {allowed!r}")
         checks = Checks(
-            min=rc.get("min"),
-            max=rc.get("max"),
-            max_null_share=float(rc.get("max_null_share", 0.0)),
-            allowed=tuple(rc["allowed"]) if rc.get("allowed") is not None else None,
+            min=_number(rc.get("min"), f"{where}: feature {name!r}: checks.min"),
+            max=_number(rc.get("max"), f"{where}: feature {name!r}: checks.max"),
+            max_null_share=float(share),
+            allowed=tuple(allowed) if allowed is not None else None,
             severity=sev,
         )
         feats.append(
@@ -158,24 +220,30 @@ def parse_spec(data: dict[str, Any], path: str = "<dict>") -> Spec:
                 name=name,
                 type=ftype,
                 description=str(raw.get("description", "")),
-                high_label=str(raw.get("high_label", "")),
-                low_label=str(raw.get("low_label", "")),
+                high_label=_words(raw.get("high_label"), f"{where}: feature {name!r}: high_label"),
+                low_label=_words(raw.get("low_label"), f"{where}: feature {name!r}: low_label"),
                 checks=checks,
                 implied_by=_implied_by(raw.get("implied_by"), f"{where}: feature {name!r}"),
             )
         )
     if not feats:
         raise SpecError(f"{path}: 'features' is empty; declare at least one feature")
-    declared = {f.name for f in feats}
+    declared = {f.name: f.type for f in feats}
     for f in feats:
         for t in f.implied_by:
             other = t.rpartition(":")[0]
             if other not in declared or other == f.name:
                 raise SpecError(f"{path}: feature {f.name!r}: implied_by {t!r} names "
                                 + ("the feature itself" if other == f.name else f"no declared feature {other!r}"))
+            if declared[other] == "categorical":
+                raise SpecError(f"{path}: feature {f.name!r}: implied_by {t!r} names the categorical feature "
+                                f"{other!r}, which has no higher or lower; name a numeric feature")
+        if f.implied_by and f.type == "categorical":
+            raise SpecError(f"{path}: feature {f.name!r}: implied_by is for numeric features (a categorical one "
+                            "adds no higher/lower words to a label)")
     sources = {
         check_identifier(k, f"{path}: sources key"): _relation(v, f"{path}: sources.{k}")
-        for k, v in (data.get("sources") or {}).items()
+        for k, v in _mapping(data.get("sources"), f"{path}: sources").items()
     }
     return Spec(
         name=str(data["name"]),
@@ -184,7 +252,7 @@ def parse_spec(data: dict[str, Any], path: str = "<dict>") -> Spec:
         features_relation=_relation(data["features_relation"], f"{path}: features_relation"),
         sources=sources,
         output_schema=check_identifier(data.get("output_schema", "segments"), f"{path}: output_schema"),
-        model=dict(data.get("model") or {}),
+        model=_model(data.get("model"), f"{path}: model"),
         path=path,
     )
 
