@@ -46,14 +46,24 @@ TARGETS = {
 # ---------------------------------------------------------------------------------------------
 # small formatting helpers
 # ---------------------------------------------------------------------------------------------
+# result files found but unreadable (truncated, not JSON, not an object), and sections that could
+# not be rendered: named on the page and in the exit status, never shown as "not run yet"
+PROBLEMS: dict[str, str] = {}
+
+
 def load(results: Path, name: str) -> dict[str, Any] | None:
     p = results / name
     if not p.exists():
         return None
     try:
-        return json.loads(p.read_text())
-    except ValueError:
+        data = json.loads(p.read_text())
+    except (ValueError, OSError) as exc:
+        PROBLEMS[name] = f"{p} is not readable JSON ({exc}); rerun the benchmark that writes it"
         return None
+    if not isinstance(data, dict):
+        PROBLEMS[name] = f"{p} holds a {type(data).__name__}, not a benchmark result object"
+        return None
+    return data
 
 
 def f(v: Any, d: int = 3) -> str:
@@ -170,6 +180,10 @@ def measured_before(d: dict[str, Any] | None, commit: str) -> bool | None:
 
 
 def _missing(page: Page, what: str, cmd: str) -> None:
+    bad = [v for k, v in PROBLEMS.items() if k in what]
+    if bad:
+        page.add(f"_Unreadable: {'; '.join(bad)}. Make it again with `{cmd}`._", "")
+        return
     page.add(f"_Not run yet: no {what} in the results folder. Make it with `{cmd}`._", "")
 
 
@@ -722,12 +736,20 @@ def build(results: Path, out: Path, plots: Path) -> Page:
     page = Page(out, plots)
     targets: dict[str, Any] = {}
     body = Page(out, plots)
-    section_k_scaling(body, results, targets)
-    section_quality(body, results, targets)
-    section_scale(body, results, targets)
-    section_roofline(body, results, targets)
-    section_other(body, results)
-    section_wall_times(body, results)
+    PROBLEMS.clear()
+    for section in (section_k_scaling, section_quality, section_scale, section_roofline, section_other,
+                    section_wall_times):
+        args = (body, results, targets) if section in (section_k_scaling, section_quality, section_scale,
+                                                       section_roofline) else (body, results)
+        try:
+            section(*args)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ZeroDivisionError) as exc:
+            # a result file of another shape (partial, older format, hand-edited): say which
+            # section, and keep the rest of the page
+            what = section.__name__.removeprefix("section_")
+            PROBLEMS[f"section {what}"] = f"{type(exc).__name__}: {exc}"
+            body.add(f"_Could not render the {what} section: a result file lacks or mistypes an entry "
+                     f"({type(exc).__name__}: {exc}). Rerun that benchmark._", "")
     quick = any((load(results, n) or {}).get("quick") for n in ("mnist.json", "peers.json", "scale.json", "roofline.json"))
     page.add("# Benchmark results", "")
     if quick:
@@ -761,11 +783,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plots", default=None, help="folder for the PNGs (default: the results folder)")
     args = ap.parse_args(argv)
     results, out = Path(args.results), Path(args.out)
+    if not results.is_dir():
+        ap.error(f"--results {results}: no such folder (the benchmarks write their JSON to benchmarks/results)")
     page = build(results, out, Path(args.plots) if args.plots else results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(page.lines).rstrip() + "\n")
     print(f"wrote {out} and {len(page.images)} plot(s): {', '.join(p.name for p in page.images)}")
-    return 0
+    for what, problem in PROBLEMS.items():
+        print(f"results_md.py: {what}: {problem}", file=sys.stderr)
+    return 1 if PROBLEMS else 0
 
 
 if __name__ == "__main__":

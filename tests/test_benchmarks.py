@@ -107,10 +107,35 @@ def test_results_md_on_an_empty_folder_says_what_to_run(tmp_path: Path) -> None:
     import results_md
 
     out = tmp_path / "RESULTS.md"
-    assert results_md.main(["--results", str(tmp_path / "none"), "--out", str(out)]) == 0
+    (tmp_path / "empty").mkdir()
+    assert results_md.main(["--results", str(tmp_path / "empty"), "--out", str(out)]) == 0
     text = out.read_text()
     assert "# Benchmark results" in text and "not measured yet" in text
     assert "python benchmarks/scale.py" in text and "python benchmarks/roofline.py" in text
+    # a mistyped folder is an error, not a page of "not run yet" written over the real one
+    with pytest.raises(SystemExit) as info:
+        results_md.main(["--results", str(tmp_path / "typo"), "--out", str(out)])
+    assert info.value.code == 2
+
+
+def test_results_md_names_unreadable_and_partial_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the break-it review: a truncated file read as "not run yet", and a file lacking an
+    entry crashed the whole page. Both are now named on the page and in the exit status."""
+    import results_md
+
+    res = tmp_path / "res"
+    res.mkdir()
+    committed = (BENCH / "results" / "k_scaling.json").read_text()
+    (res / "k_scaling.json").write_text(committed[: len(committed) // 2])
+    (res / "roofline.json").write_text(json.dumps({"command": "python benchmarks/roofline.py"}))
+    out = tmp_path / "R.md"
+    assert results_md.main(["--results", str(res), "--out", str(out), "--plots", str(tmp_path)]) == 1
+    text = out.read_text()
+    assert "_Unreadable: " in text and "k_scaling.json is not readable JSON" in text
+    assert "Could not render the roofline section" in text
+    assert "## 2. Quality against peers" in text   # the rest of the page is still there
+    err = capsys.readouterr().err
+    assert "k_scaling.json" in err and "roofline" in err
 
 
 def test_results_md_renders_the_committed_results(tmp_path: Path) -> None:
