@@ -301,13 +301,26 @@ def resolve(args):
             setattr(args, k, v)
     if args.out is None:
         args.out = str(RESULTS / ("peers_quick.json" if args.quick else "peers.json"))
+    for name in ("epochs", "gmm_max_iter", "kmeans_n_init", "mnist_fit_rows"):
+        if getattr(args, name) < 1:
+            sys.exit(f"peers.py: --{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if "mnist" in args.datasets:
+        if not Path(args.mnist_data).is_file():
+            sys.exit(f"peers.py: --mnist-data {args.mnist_data}: no such file (an npz with x [N,28,28] and y)")
+        import numpy as np
+
+        with np.load(args.mnist_data) as d:
+            n = len(d["y"])
+        if not 0 < args.mnist_fit_rows < n:
+            sys.exit(f"peers.py: --mnist-fit-rows must be between 1 and {n - 1} (the file has {n} images), "
+                     f"not {args.mnist_fit_rows}")
     return args
 
 
 def _provenance(payload: dict[str, Any]) -> dict[str, Any]:
     machine = payload.get("machine", {})
     return {"command": payload.get("command"), "started_utc": payload.get("started_utc"),
-            "git_commit": machine.get("git_commit"),
+            "git_commit": machine.get("git_commit"), "config": payload.get("config"),
             "uncommitted_library_files": machine.get("uncommitted_library_files")}
 
 
@@ -325,7 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     kept: list[str] = []
     if args.merge and Path(args.out).exists():
         # a rerun of some data sets (after an engine change, say) keeps the others as they were measured
-        old = json.loads(Path(args.out).read_text())
+        try:
+            old = json.loads(Path(args.out).read_text())
+        except ValueError as exc:
+            sys.exit(f"peers.py: --merge: {args.out} is not readable JSON ({exc}); move it away or drop --merge")
+        if not isinstance(old, dict) or not isinstance(old.get("results", {}), dict):
+            sys.exit(f"peers.py: --merge: {args.out} is not a peers.py result; move it away or drop --merge")
         if bool(old.get("quick")) != bool(args.quick):
             sys.exit(f"peers.py: --merge: {args.out} holds a {'quick' if old.get('quick') else 'full'} run and this "
                      f"one is {'quick' if args.quick else 'full'}; merge like with like (or pick another --out)")
@@ -342,8 +360,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 results["tabular"][name] = entry
             kept.append(name)
+    config = {"gmvae": dict(GMVAE_DEFAULTS, epochs=args.epochs, hidden=list(GMVAE_DEFAULTS["hidden"])),
+              "gmm": {"max_iter": args.gmm_max_iter, "reg_covar": "1e-6, else 1e-4, else 1e-2 (per fit, recorded)",
+                      "init": "kmeans", "n_init": 1},
+              "kmeans": {"n_init": args.kmeans_n_init, "init": "k-means++"},
+              "encoding": "TablePreprocessor(feature_types, min_level_count=10).transform(df)['x'], fitted on the "
+                          "fit rows; columns constant on the fit rows dropped",
+              "threads": 1}
     measured_by = {"command": command_line(), "started_utc": started,
-                   "git_commit": bench_machine(1).get("git_commit"),
+                   "git_commit": bench_machine(1).get("git_commit"), "config": config,
                    "uncommitted_library_files": uncommitted_library_files()}
 
     def payload(finished: bool) -> dict[str, Any]:
@@ -351,14 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "peers", "command": command_line(), "started_utc": started,
             "finished_utc": now_utc() if finished else None, "complete": finished,
             "datasets_done": kept + [d for d in done if d not in kept], "datasets_kept_from_earlier_run": kept,
-            "total_wall_seconds": time.perf_counter() - t0, "quick": args.quick, "seeds": args.seeds,
-            "config": {"gmvae": dict(GMVAE_DEFAULTS, epochs=args.epochs, hidden=list(GMVAE_DEFAULTS["hidden"])),
-                       "gmm": {"max_iter": args.gmm_max_iter, "reg_covar": "1e-6, else 1e-4, else 1e-2 (per fit, recorded)",
-                               "init": "kmeans", "n_init": 1},
-                       "kmeans": {"n_init": args.kmeans_n_init, "init": "k-means++"},
-                       "encoding": "TablePreprocessor(feature_types, min_level_count=10).transform(df)['x'], fitted on the "
-                                   "fit rows; columns constant on the fit rows dropped",
-                       "threads": 1},
+            "total_wall_seconds": time.perf_counter() - t0, "quick": args.quick,
+            # seeds and config of this run; a data set kept by --merge has its own in measured_by
+            "seeds": args.seeds, "config": config,
             "machine": bench_machine(1), "results": results, "targets": targets(results),
         }
 

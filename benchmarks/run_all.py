@@ -86,11 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cmds = commands(args.quick, out)
     # a quick run has no separate concrete K-scaling piece (its K subset is already short)
+    absent = [p for p in (args.only or []) if p not in cmds]
+    if absent:
+        ap.error(f"--only {' '.join(absent)}: not a piece of a {'quick' if args.quick else 'full'} run "
+                 f"(its pieces: {', '.join(cmds)})")
     todo = [p for p in (args.only or PIECES) if p not in args.skip and p in cmds]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                DBT_SEND_ANONYMOUS_USAGE_STATS="False", DO_NOT_TRACK="1")
     log_path = out / "run_all.json"
-    record = json.loads(log_path.read_text()) if log_path.exists() else {}
+    try:
+        record = json.loads(log_path.read_text()) if log_path.exists() else {}
+    except ValueError:
+        print(f"run_all: {log_path} was not readable JSON; starting a new one", file=sys.stderr)
+        record = {}
+    if not isinstance(record, dict) or not isinstance(record.get("pieces", {}), dict):
+        record = {}
     record.setdefault("pieces", {})
     failed = []
     t_all = time.perf_counter()

@@ -35,10 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--start", default="2011-11-01", help="first run date (default 2011-11-01)")
     ap.add_argument("--nights", type=int, default=30, help="number of consecutive nights (default 30)")
-    ap.add_argument("--warehouse", default=None, help="warehouse URL (default: a DuckDB file in a temp folder)")
-    ap.add_argument("--k", type=int, default=None, help="segments (default: the spec's)")
+    ap.add_argument("--warehouse", default=None,
+                    help="warehouse URL (default: a DuckDB file in a temp folder). The demo data is loaded into it: "
+                         "its raw.transactions and raw.customers are REPLACED, so never point this at a real warehouse")
+    ap.add_argument("--k", type=int, default=None, help="segments (default: the spec's; at least 2)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp folder (warehouse and artifacts) afterwards")
     ap.add_argument("--out", default="benchmarks/results/nights.json", help="JSON results file")
     args = ap.parse_args(argv)
+    try:
+        dt.date.fromisoformat(args.start)
+    except ValueError:
+        ap.error(f"--start {args.start!r} is not a date (YYYY-MM-DD)")
+    if args.nights < 1:
+        ap.error(f"--nights must be at least 1, not {args.nights}")
+    if args.k is not None and args.k < 2:
+        ap.error(f"--k must be at least 2 segments, not {args.k}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "False")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -89,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }, indent=2, default=str))
     print(f"results: {out}")
+    if args.keep:
+        print(f"warehouse and artifacts kept in {work}")
+    else:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if all(r["status"] == "success" for r in rows) else 1
 
 

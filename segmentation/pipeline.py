@@ -814,6 +814,7 @@ def publish(url: str, run: dict[str, Any], trained: dict[str, Any], scored: dict
         "segments": [{"segment_id": p["segment_id"], "label": p["label"], "size": p["size"], "share": round(p["share"], 4),
                       "label_status": p["label_change"]["status"]} for p in profiles],
         "degraded": degraded,
+        "message": message,
     }
 
 
