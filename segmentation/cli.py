@@ -53,6 +53,43 @@ def _read_table(path: str):
     raise SystemExit(f"error: {p}: unsupported file type; use .parquet or .csv")
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    """``--hidden``: comma-separated positive layer widths."""
+    try:
+        widths = tuple(int(h) for h in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive whole numbers separated by commas, e.g. 256,128") from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every width must be at least 1")
+    return widths
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
+def _device(text: str) -> str:
+    """auto, cpu, cuda or cuda:N (mps on Apple machines): a torch device this product runs on."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
+    return text
+
+
+def _table_out(text: str) -> str:
+    """An output table file: .parquet / .pq or .csv, nothing that would be written as something else."""
+    if not text.lower().endswith((".parquet", ".pq", ".csv")):
+        raise argparse.ArgumentTypeError(f"{text!r}: the output must end in .parquet, .pq or .csv")
+    return text
+
+
 def _parse_types(items: list[str] | None) -> dict[str, str] | None:
     if not items:
         return None
@@ -82,7 +119,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         df = df.drop(columns=[c for c in args.exclude if c in df.columns])
     model = ConcreteGMVAE(
         n_segments=args.k, estimator=args.estimator, latent_dim=args.latent_dim,
-        hidden=tuple(int(h) for h in args.hidden.split(",")), epochs=args.epochs, batch_size=args.batch_size,
+        hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, kl_anneal_epochs=args.kl_anneal_epochs, tau_start=args.tau_start, tau_min=args.tau_min,
         patience=args.patience, seed=args.seed, device=args.device, n_threads=args.threads,
         init=args.init, pretrain_epochs=args.pretrain_epochs,
@@ -222,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concrete: one relaxed sample of the segment per row, cost flat in K (default); "
                         "exact: sum over all K segments, cost linear in K")
     p.add_argument("--latent-dim", type=int, default=10, help="size of the continuous latent z (default 10)")
-    p.add_argument("--hidden", default="256,128", help="hidden layer widths, comma-separated (default 256,128)")
+    p.add_argument("--hidden", type=_widths, default=(256, 128), help="hidden layer widths, comma-separated (default 256,128)")
     p.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
     p.add_argument("--batch-size", type=int, default=256, help="minibatch size (default 256)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
@@ -238,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-epochs", type=int, default=20,
                    help="autoencoder epochs of --init pretrain (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data, same model (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda (default auto)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: fastest for these small networks)")
+    p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--threads", type=_at_least_one, default=1, help="CPU threads for torch (default 1: fastest for these small networks)")
     p.set_defaults(func=cmd_fit)
 
     # assign
@@ -248,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "runner_up_segment_id per row, written to FILE (.parquet or .csv).")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a folder written by `segment fit` or a nightly run")
     p.add_argument("data", metavar="DATA", help="rows to score: .parquet or .csv with the model's feature columns")
-    p.add_argument("--out", required=True, metavar="FILE", help="output file; .csv for CSV, else Parquet")
+    p.add_argument("--out", required=True, type=_table_out, metavar="FILE", help="output file: .parquet (or .pq) or .csv")
     p.add_argument("--id-column", metavar="COLUMN", help="copy this column (e.g. customer_id) into the output")
     p.add_argument("--probabilities", action="store_true", help="also write every segment's probability")
-    p.add_argument("--device", default="cpu", help="torch device for scoring (default cpu)")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device for scoring: cpu, cuda or cuda:N (default cpu)")
     p.set_defaults(func=cmd_assign)
 
     # run

@@ -168,6 +168,23 @@ def test_unknown_id_column_is_a_clear_error(fitted: Path, planted_csv: Path, tmp
     assert proc.returncode != 0 and "--id-column 'cust'" in proc.stderr, _out(proc)
 
 
+@pytest.mark.parametrize("args, problem", [
+    (("fit", "DATA", "--k", "3", "--out", "m", "--hidden", "a,b"), "argument --hidden: 'a,b': give positive whole numbers"),
+    (("fit", "DATA", "--k", "3", "--out", "m", "--hidden", "64,0"), "every width must be at least 1"),
+    (("fit", "DATA", "--k", "3", "--out", "m", "--device", "tpu"), "argument --device: 'tpu': use auto, cpu, cuda"),
+    (("fit", "DATA", "--k", "3", "--out", "m", "--threads", "0"), "argument --threads: 0 is below 1"),
+    (("assign", "m", "DATA", "--out", "o.xlsx"), "argument --out: 'o.xlsx': the output must end in .parquet"),
+])
+def test_bad_option_values_are_named_before_any_work(args: tuple[str, ...], problem: str, planted_csv: Path,
+                                                    tmp_path: Path) -> None:
+    """Found by the break-it review: these options failed late with a raw ValueError, a list of
+    every torch device type, or silently (threads 0; an .xlsx written as Parquet)."""
+    argv = [str(planted_csv) if a == "DATA" else a for a in args]
+    proc = segment(*argv, cwd=tmp_path)
+    assert proc.returncode == 2 and problem in proc.stderr and "Traceback" not in proc.stderr, _out(proc)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "o.xlsx").exists()
+
+
 @pytest.mark.parametrize("date", ["bad", "2011-13-45", "09/12/2011"])
 def test_run_with_a_bad_date_is_a_clear_error(date: str, tmp_path: Path) -> None:
     proc = segment("run", "--date", date, "--warehouse", f"duckdb:///{tmp_path}/w.duckdb", cwd=tmp_path)
