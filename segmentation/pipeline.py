@@ -570,10 +570,17 @@ def _earlier_mapping(store, run: dict[str, Any], version: str) -> dict[int, int]
 
 def _prototypes(url: str, run: dict[str, Any], ids, clusters, unmatched: list[int]):
     """Prototypes for the fallback of ``match_segments``: per unmatched cluster of tonight and per
-    segment of the previous published run, the mean of each numeric feature on the model's scale
-    (log for money and counts), in standard deviations of the previous run's base (the yardstick
-    its published profiles carry). Tonight's side is read from the features snapshot batch by
-    batch, so it costs a pass over the numeric columns and only when some cluster is unmatched."""
+    segment of the previous published run, one number per component, all in standard deviations of
+    the previous run's base (the yardstick its published profiles carry):
+
+    - a numeric feature: its mean on the model's scale (log for money and counts);
+    - a level of a categorical feature that some previous segment lists among its top levels: the
+      share of customers with that level, as the standardised mean of its 0/1 indicator
+      ((share - base share) / sqrt(base share (1 - base share))); a segment that does not list the
+      level has no value for it, and the distance leaves it out.
+
+    Tonight's side is read from the features snapshot batch by batch, so it costs one pass over the
+    feature columns and only when some cluster is unmatched."""
     import numpy as np
     import pandas as pd
     import pyarrow.parquet as pq
@@ -581,42 +588,68 @@ def _prototypes(url: str, run: dict[str, Any], ids, clusters, unmatched: list[in
     from segmentation.profiles import _scale
 
     spec = _spec(run)
-    numeric = [f for f in spec.features if f.type != "categorical"]
     previous = _previous_profiles(url, run)
-    before: dict[int, np.ndarray] = {}
-    yardstick: dict[str, tuple[float, float]] = {}
-    for sid, prof in previous.items():
-        feats = (prof.get("summary") or {}).get("features") or {}
-        vec = []
-        for f in numeric:
-            e = feats.get(f.name) or {}
-            m, bm, bs = e.get("scaled_mean"), e.get("base_mean"), e.get("base_sd")
-            if all(isinstance(v, (int, float)) for v in (m, bm, bs)) and bs:
-                yardstick.setdefault(f.name, (float(bm), float(bs)))
-                vec.append((float(m) - float(bm)) / float(bs))
-            else:
-                vec.append(np.nan)
-        before[int(sid)] = np.array(vec)
-    if not before or not yardstick:
+    feats_of = {int(sid): (prof.get("summary") or {}).get("features") or {} for sid, prof in previous.items()}
+    # components: (feature, level or None), each with its yardstick (base mean, base sd)
+    components: list[tuple[Any, str | None]] = []
+    yardstick: dict[tuple[str, str | None], tuple[float, float]] = {}
+    for f in spec.features:
+        if f.type != "categorical":
+            for feats in feats_of.values():
+                e = feats.get(f.name) or {}
+                bm, bs = e.get("base_mean"), e.get("base_sd")
+                if _number(bm) and _number(bs) and bs > 0:
+                    yardstick[(f.name, None)] = (float(bm), float(bs))
+                    components.append((f, None))
+                    break
+            continue
+        for feats in feats_of.values():
+            for t in (feats.get(f.name) or {}).get("top") or []:
+                if not isinstance(t, dict) or (f.name, str(t.get("value"))) in yardstick:
+                    continue
+                share, lift = t.get("share"), t.get("lift")
+                if _number(share) and _number(lift) and lift > 0 and 0 < share / lift < 1:
+                    base = share / lift
+                    yardstick[(f.name, str(t["value"]))] = (base, float(np.sqrt(base * (1 - base))))
+                    components.append((f, str(t["value"])))
+    if not components:
         return {}, {}
+    before: dict[int, np.ndarray] = {}
+    for sid, feats in feats_of.items():
+        vec = []
+        for f, level in components:
+            bm, bs = yardstick[(f.name, level)]
+            e = feats.get(f.name) or {}
+            if level is None:
+                m = e.get("scaled_mean")
+            else:
+                m = next((t.get("share") for t in e.get("top") or [] if isinstance(t, dict)
+                          and str(t.get("value")) == level), None)
+            vec.append((float(m) - bm) / bs if _number(m) else np.nan)
+        before[sid] = np.array(vec)
     path = _store(run).run_file(run["run_date"], "features.parquet")
     if path is None:
         return {}, {}
     cluster_of = pd.Series(np.asarray(clusters), index=pd.Index(np.asarray(ids).astype(str)))
     cluster_of = cluster_of[cluster_of.isin(unmatched)]
-    sums = {k: np.zeros(len(numeric)) for k in unmatched}
-    counts = {k: np.zeros(len(numeric)) for k in unmatched}
-    reader = pq.ParquetFile(path)
-    for batch in reader.iter_batches(batch_size=200_000, columns=[spec.entity_key, *[f.name for f in numeric]]):
+    sums = {k: np.zeros(len(components)) for k in unmatched}
+    counts = {k: np.zeros(len(components)) for k in unmatched}
+    columns = [spec.entity_key, *dict.fromkeys(f.name for f, _ in components)]
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=200_000, columns=columns):
         frame = batch.to_pandas()
         k = cluster_of.reindex(entity_id_text(frame[spec.entity_key])).to_numpy()
         keep = ~pd.isna(k)
         if not keep.any():
             continue
         frame, k = frame[keep], k[keep].astype("int64")
-        for j, f in enumerate(numeric):
-            bm, bs = yardstick.get(f.name, (np.nan, np.nan))
-            z = ((_scale(frame[f.name], f.type) - bm) / bs).to_numpy()
+        for j, (f, level) in enumerate(components):
+            bm, bs = yardstick[(f.name, level)]
+            if level is None:
+                values = _scale(frame[f.name], f.type)
+            else:  # shares among the customers with a value, as the profiles count them
+                text = frame[f.name].astype("string")
+                values = (text == level).astype("float64").where(text.notna())
+            z = ((values - bm) / bs).to_numpy(dtype="float64", na_value=np.nan)
             ok = np.isfinite(z)
             for c in np.unique(k[ok]):
                 sel = ok & (k == c)
@@ -624,6 +657,10 @@ def _prototypes(url: str, run: dict[str, Any], ids, clusters, unmatched: list[in
                 counts[int(c)][j] += sel.sum()
     now = {c: np.where(counts[c] > 0, sums[c] / np.maximum(counts[c], 1), np.nan) for c in unmatched if counts[c].any()}
     return now, before
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def assign_segment_ids(url: str, run: dict[str, Any], version: str, ids, clusters, n_clusters: int):

@@ -75,6 +75,9 @@ class Feature:
 class Relation:
     schema: str
     table: str
+    # a source's raw-table rules (the shape of validation.rules.DEMO_SOURCE_RULES' entries), when
+    # the spec declares them
+    rules: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @property
     def qualified(self) -> str:
@@ -107,11 +110,24 @@ class Spec:
         raise KeyError(name)
 
 
-def _relation(raw: Any, where: str) -> Relation:
+def _relation(raw: Any, where: str, rules_allowed: bool = False) -> Relation:
     if not isinstance(raw, dict) or "schema" not in raw or "table" not in raw:
         raise SpecError(f"{where}: expected a mapping with 'schema' and 'table'")
+    known = {"schema", "table"} | ({"rules"} if rules_allowed else set())
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {unknown}; known: {', '.join(sorted(known))}")
+    rules = raw.get("rules")
+    if rules is not None:
+        from validation.rules import RulesError, source_rules
+
+        try:  # parsed here only to refuse a bad spec early; validation parses it again
+            source_rules(rules, where)
+        except (RulesError, TypeError, ValueError) as exc:
+            raise SpecError(f"{where}.rules: {exc}") from None
     return Relation(
-        check_identifier(raw["schema"], f"{where}.schema"), check_identifier(raw["table"], f"{where}.table")
+        check_identifier(raw["schema"], f"{where}.schema"), check_identifier(raw["table"], f"{where}.table"),
+        dict(rules) if rules is not None else None,
     )
 
 
@@ -242,7 +258,7 @@ def parse_spec(data: dict[str, Any], path: str = "<dict>") -> Spec:
             raise SpecError(f"{path}: feature {f.name!r}: implied_by is for numeric features (a categorical one "
                             "adds no higher/lower words to a label)")
     sources = {
-        check_identifier(k, f"{path}: sources key"): _relation(v, f"{path}: sources.{k}")
+        check_identifier(k, f"{path}: sources key"): _relation(v, f"{path}: sources.{k}", rules_allowed=True)
         for k, v in _mapping(data.get("sources"), f"{path}: sources").items()
     }
     return Spec(

@@ -545,12 +545,20 @@ def test_unchanged_data_keeps_customers_in_their_segment_ids(tmp_path: Path, mon
         assert st["new_segment_ids"] == [] and st["retired_segment_ids"] == [], st
 
 
-def test_a_night_of_new_customers_keeps_ids_by_prototype(tmp_path: Path) -> None:
+@pytest.mark.parametrize("features", ["mixed", "categorical_only"])
+def test_a_night_of_new_customers_keeps_ids_by_prototype(tmp_path: Path, features: str) -> None:
     """Issue 5: when tonight's clusters share no customers with last night's segments (here every
     customer id is new, the behaviour the same), the ids carry over by the similarity of cluster
-    prototypes to the published profiles instead of all being issued anew."""
+    prototypes to the published profiles instead of all being issued anew. A spec of categorical
+    features only matches on the shares of their levels (the break-it review found such a spec
+    reissued every id)."""
     url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
     df = synthetic_customers()
+    if features == "categorical_only":
+        spec = json.loads(json.dumps(SYNTHETIC_SPEC))
+        spec["features"] = [f for f in spec["features"] if f["type"] == "categorical"]
+        (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+        df = df[["customer_id", "region"]]
     first = synthetic_night(url, synthetic_run(tmp_path, S1, df))
     first_ids = {s["segment_id"] for s in first["segments"]}
     renamed = df.assign(customer_id="new-" + df["customer_id"].astype(str))

@@ -70,3 +70,60 @@ def test_a_wrongly_typed_spec_entry_is_named(tmp_path: Path, name: str, edit, pr
 def test_the_shipped_specs_still_read() -> None:
     for path in sorted(DEFAULT_SPEC.parent.glob("*.yaml")):
         assert parse_spec(yaml.safe_load(path.read_text()), str(path)).features
+
+
+def test_a_spec_declares_the_rules_of_its_own_raw_tables(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the README walk-through: a table of one's own under the source key 'transactions' was
+    checked by the built-in Online Retail rules (six errors about columns it never had), and under
+    any other key by nothing, both without a word. A spec now declares a source's rules, and the
+    origin of the rules each table was checked with is recorded and logged."""
+    import datetime as dt
+
+    from segmentation.warehouse import connect
+    from validation import validate_raw
+
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    with connect(url) as wh:
+        wh.execute("CREATE SCHEMA crm")
+        wh.execute("CREATE TABLE crm.orders (customer_id VARCHAR, amount DOUBLE, ordered_at TIMESTAMP)")
+        wh.execute("INSERT INTO crm.orders VALUES ('a', 10.0, TIMESTAMP '2024-01-01'), ('b', -5.0, TIMESTAMP '2024-01-02')")
+        wh.execute("CREATE TABLE crm.notes (customer_id VARCHAR)")
+        wh.execute("INSERT INTO crm.notes VALUES ('a')")
+    raw = copy.deepcopy(BASE)
+    raw["name"] = "my_crm"
+    raw["sources"] = {
+        "transactions": {"schema": "crm", "table": "orders", "rules": {
+            "columns": {"customer_id": {"type": "text"}, "amount": {"type": "float", "min": 0}}}},
+        "notes": {"schema": "crm", "table": "notes"},
+    }
+    spec = parse_spec(raw, "my.yaml")
+    with caplog.at_level("INFO", logger="validation.raw"):
+        res = validate_raw(url, spec, as_of=dt.datetime(2024, 1, 3))
+    failed = {(c["table"], c["column"]) for c in res.failures}
+    assert failed == {("crm.orders", "amount")}, res.failures     # the spec's rule, not the demo's
+    assert res.context["rules"] == {"crm.orders": "spec", "crm.notes": "none"}
+    assert "no rules declared for source 'notes'" in caplog.text
+    # a bad rule is refused when the spec is read
+    raw["sources"]["transactions"]["rules"]["columns"]["amount"]["kind"] = "float"
+    with pytest.raises(SpecError, match=r"my.yaml: sources.transactions.rules"):
+        parse_spec(raw, "my.yaml")
+
+
+def test_the_demo_rules_on_a_foreign_spec_are_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import datetime as dt
+
+    from segmentation.warehouse import connect
+    from validation import validate_raw
+
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    with connect(url) as wh:
+        wh.execute("CREATE SCHEMA crm")
+        wh.execute("CREATE TABLE crm.orders (customer_id VARCHAR)")
+        wh.execute("INSERT INTO crm.orders VALUES ('a')")
+    raw = copy.deepcopy(BASE)
+    raw["name"] = "my_crm"
+    raw["sources"] = {"transactions": {"schema": "crm", "table": "orders"}}
+    with caplog.at_level("WARNING", logger="validation.raw"):
+        res = validate_raw(url, parse_spec(raw, "my.yaml"), as_of=dt.datetime(2024, 1, 3))
+    assert res.context["rules"] == {"crm.orders": "built-in Online Retail rules"}
+    assert "declare sources.transactions.rules in the spec my.yaml" in caplog.text

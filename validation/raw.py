@@ -28,6 +28,7 @@ from validation.result import ValidationResult, fmt_value, rows_text
 from validation.rules import (
     SourceRules,
     all_source_rules,
+    source_rules,
     describe_where,
     row_condition,
 )
@@ -36,6 +37,33 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROW_COUNT_BAND = 0.5
 DEFAULT_FUTURE_TOLERANCE = dt.timedelta(days=1)
+
+
+def _rules_for(spec: Spec, rules: Any) -> dict[str, tuple[Any, str]]:
+    """{source name: (parsed rules, where they come from)}. In order: the ``rules`` argument, the
+    spec's own ``sources.<name>.rules``, the built-in Online Retail rules for a source of that name
+    (the demo's). The origin is recorded and logged: a table checked with the demo's rules, or with
+    none (only that it exists and its row count), should never be a surprise."""
+    from validation.rules import DEMO_SOURCE_RULES
+
+    if rules is not None:  # the caller's rules, and only those
+        given = all_source_rules(rules)
+        return {name: (given[name], "rules argument") if name in given else (None, "none") for name in spec.sources}
+    out: dict[str, tuple[Any, str]] = {}
+    for name, relation in spec.sources.items():
+        if relation.rules is not None:
+            out[name] = (source_rules(relation.rules, name), "spec")
+        elif name in DEMO_SOURCE_RULES:
+            out[name] = (source_rules(DEMO_SOURCE_RULES[name], name), "built-in Online Retail rules")
+            if spec.name != "online_retail":
+                log.warning("validate raw: %s is checked with the built-in Online Retail rules for a source named "
+                            "%r; declare sources.%s.rules in the spec %s to check it by your own rules",
+                            relation.qualified, name, name, spec.path or spec.name)
+        else:
+            out[name] = (None, "none")
+            log.info("validate raw: no rules declared for source %r (%s): only that it exists and its row count are "
+                     "checked; declare sources.%s.rules in the spec for column checks", name, relation.qualified, name)
+    return out
 
 
 def validate_raw(
@@ -71,7 +99,7 @@ def validate_raw(
     started_at = dt.datetime.now(dt.UTC)
     as_of_naive = utc_naive(as_of)
     now_naive = utc_naive(now) if now is not None else started_at.replace(tzinfo=None)
-    parsed = all_source_rules(rules)
+    parsed = _rules_for(spec, rules)
     res = ValidationResult(
         stage="raw",
         started_at=started_at.isoformat(timespec="seconds"),
@@ -92,7 +120,8 @@ def validate_raw(
         res.context["warehouse"] = wh.safe_url
         for name, relation in spec.sources.items():
             table = relation.qualified
-            src = parsed.get(name)
+            src, origin = parsed.get(name, (None, "none"))
+            res.context.setdefault("rules", {})[table] = origin
             t0 = time.perf_counter()
             present = wh.columns(relation.schema, relation.table)
             if not present:
