@@ -57,7 +57,7 @@ demo: install $(AIRFLOW_HOME)/airflow.db
 	  grep -E '\[(segmentation|validation)[a-z_.]*\] loc=|DagRun Finished' $(SEGMENT_DATA_DIR)/demo-dag.log \
 	    | grep -v '\[segmentation\.features\.dbt\]' \
 	    | sed -E 's/^[^ ]+ \[[a-z ]+\] //; s/ \[(segmentation|validation)[a-z_.]*\] loc=.*$$//; s/^DagRun Finished: .*(state=[a-z]+).*/DAG run finished: \1/' \
-	    | grep -v '^epoch [0-9]' | uniq | cut -c1-180; \
+	    | grep -Ev '^(pretraining )?epoch [0-9]' | awk '!seen[$$0]++' | cut -c1-180; \
 	  echo "DAG run finished in $$(( $$(date +%s) - start )) s; full log: $(SEGMENT_DATA_DIR)/demo-dag.log"
 	@echo
 	$(BIN)/segment summary

@@ -24,6 +24,9 @@ ENV_HELP = textwrap.dedent("""\
       SEGMENT_DATA_DIR       folder for the default DuckDB file and artifacts (default ./.data)
       SEGMENT_ARTIFACTS      artifact store folder (default $SEGMENT_DATA_DIR/artifacts)
       SEGMENT_DEVICE         torch device for training: auto (default), cpu, cuda
+      SEGMENT_SPEC           the feature spec when --config is not given (default: the demo's)
+      SEGMENT_DBT_PROJECT_DIR  your own dbt project (default: dags/dbt of this repository); it must
+                             have a model named customer_features that writes the spec's features_relation
     """)
 
 
@@ -252,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", action="append", metavar="NAME=TYPE",
                    help="declare a feature's type (repeatable or comma-separated); undeclared: all columns, "
                         "types inferred from dtypes and printed")
-    p.add_argument("--spec", metavar="SPEC.yaml", help="take features and types from a feature spec file instead")
+    p.add_argument("--spec", "--config", dest="spec", metavar="SPEC.yaml",
+                   help="take features and types from a feature spec file instead")
     p.add_argument("--exclude", action="append", default=[], metavar="COLUMN",
                    help="column to leave out when types are inferred (e.g. an id); repeatable")
     p.add_argument("--estimator", choices=["concrete", "exact"], default="concrete",
@@ -299,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=ENV_HELP)
     p.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the run's logical date D")
     _add_warehouse(p)
-    p.add_argument("--config", metavar="SPEC.yaml", default=None,
-                   help="feature spec (default: the Online Retail demo spec shipped with the package)")
+    p.add_argument("--config", "--spec", dest="config", metavar="SPEC.yaml", default=os.environ.get("SEGMENT_SPEC"),
+                   help="feature spec (default: $SEGMENT_SPEC, else the Online Retail demo spec shipped with the package)")
     p.add_argument("--k", type=int, default=None, help="number of segments (default: the spec's model.n_segments)")
     p.add_argument("--full-retrain", action="store_true", help="train from scratch instead of refreshing")
     p.add_argument("--artifacts", metavar="DIR", default=None, help="artifact store folder (default $SEGMENT_ARTIFACTS)")
@@ -322,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "each apart, charts, changes since the previous run, validation).")
     p.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the run date")
     _add_warehouse(p)
-    p.add_argument("--config", metavar="SPEC.yaml", default=None, help="feature spec (default: the demo spec)")
+    p.add_argument("--config", "--spec", dest="config", metavar="SPEC.yaml", default=os.environ.get("SEGMENT_SPEC"),
+                   help="feature spec (default: $SEGMENT_SPEC, else the demo spec)")
     p.add_argument("--artifacts", metavar="DIR", default=None, help="artifact store (default $SEGMENT_ARTIFACTS)")
     p.add_argument("--out", metavar="FILE.html", default=None,
                    help="write here instead of into the run's folder in the artifact store")
@@ -331,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     # summary
     p = sub.add_parser("summary", formatter_class=fmt, help="print the published segments and a query to try")
     _add_warehouse(p)
-    p.add_argument("--config", metavar="SPEC.yaml", default=None, help="feature spec (for the output schema)")
+    p.add_argument("--config", "--spec", dest="config", metavar="SPEC.yaml", default=os.environ.get("SEGMENT_SPEC"),
+                   help="feature spec, for the output schema (default: $SEGMENT_SPEC, else the demo spec)")
     p.set_defaults(func=cmd_summary)
     return parser
 

@@ -364,7 +364,7 @@ def _require_browser() -> None:
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
         problems.append(f"no chromium at {CHROMIUM} (apt-get install -y chromium)")
     if problems:
-        reason = "real-browser test needs " + "; ".join(problems)
+        reason = "real-browser test cannot run: " + "; ".join(problems)
         if os.environ.get("REQUIRE_BROWSER") == "1":
             pytest.fail(f"{reason} (REQUIRE_BROWSER=1)", pytrace=False)
         pytest.skip(reason)
