@@ -227,6 +227,12 @@ def build_features(
     url = url or default_url()
     spec = _spec(spec)
     project = _project_dir(project_dir)
+    if not any(project.glob(f"**/{MODEL}.sql")) and not any(project.glob(f"**/{MODEL}.py")):
+        raise FeatureBuildError(
+            f"the dbt project {project} has no model named {MODEL} (a {MODEL}.sql under its models/): the "
+            f"pipeline builds that model, so name your features model {MODEL} and have it write "
+            f"{spec.features_relation.qualified}"
+        )
     target, env, secrets = dbt_connection(url)
     scrub = _scrubber(secrets)
     dbt_vars = _dbt_vars(spec, as_of_text(as_of))

@@ -205,6 +205,18 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
         build_features("duckdb:///:memory:", AS_OF)
     with pytest.raises(FeatureBuildError, match="dbt project not found"):
         build_features(f"duckdb:///{tmp_path}/w.duckdb", AS_OF, project_dir=tmp_path)
+    # a project of one's own whose features model has another name (found by the README walk-through:
+    # dbt said only that the selection matched nothing)
+    import shutil
+
+    from segmentation.features import DEFAULT_PROJECT_DIR
+
+    own = tmp_path / "own"
+    shutil.copytree(DEFAULT_PROJECT_DIR, own, ignore=shutil.ignore_patterns("target", "logs", "dbt_packages"))
+    model = next(own.glob("**/customer_features.sql"))
+    model.rename(model.with_name("my_features.sql"))
+    with pytest.raises(FeatureBuildError, match="has no model named customer_features"):
+        build_features(f"duckdb:///{tmp_path}/w.duckdb", AS_OF, project_dir=own)
 
 
 @pytest.mark.postgres
