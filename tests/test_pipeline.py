@@ -733,3 +733,43 @@ def test_a_rerun_that_keeps_its_ids_reports_the_published_movers(tmp_path: Path)
     moved = sum(s1[c] != s2[c] for c in s2 if c in s1)
     assert st["moved_customers"] == moved, (st, moved)
     assert st["moved_share"] == pytest.approx(moved / len(s2))
+
+
+def test_a_model_that_learnt_nothing_is_never_promoted_even_on_a_first_night(tmp_path: Path) -> None:
+    """Found by the break-it review: with learning_rate 5 the first night's fit ended at an ELBO of
+    about -6e23 with a finite loss and plausible segment sizes, and was promoted: there was no
+    production model to compare with. The gate now also holds the ELBO against a model of
+    independent features; with nothing to fall back on the night fails, saying why, and nothing is
+    published."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    spec = json.loads(json.dumps(SYNTHETIC_SPEC))
+    spec["model"].update(learning_rate=5.0, epochs=4)
+    (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+    df = synthetic_customers()
+    run = synthetic_run(tmp_path, S1, df)
+    with pytest.raises(pipeline.PipelineError) as info:
+        pipeline.train(url, run, {"status": "passed", "drift_detected": False})
+    message = str(info.value)
+    assert "far below that of a model of independent features" in message or "training diverged" in message, message
+    assert "no usable production model" in message
+    assert pipeline._store(run).production() is None
+    assert rows(url, CURRENT) == []
+
+
+def test_the_independent_baseline_is_below_a_healthy_model_and_above_a_broken_one(tmp_path: Path) -> None:
+    import torch
+
+    from segmentation.model.evaluation import independent_log_likelihood
+
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    first = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    model = pipeline._store(synthetic_run(tmp_path, S1, df)).load_model(first["training"]["model_version"])
+    baseline = independent_log_likelihood(model, df)
+    assert math.isfinite(baseline) and model.score(df) > baseline     # planted segments: correlated features
+    assert pipeline._gate(model, df, model.score(df)) == []
+    with torch.no_grad():                                             # a decoder that forgot everything
+        model.network_.decoder_out.weight.mul_(40.0)
+    broken = model.score(df)
+    assert broken < baseline
+    assert any("model of independent features" in p for p in pipeline._gate(model, df, broken)), broken
