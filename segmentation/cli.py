@@ -81,15 +81,15 @@ def _device(text: str) -> str:
     """auto, cpu, cuda or cuda:N (mps on Apple machines): a torch device this product runs on."""
     import re
 
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+    if not re.fullmatch(r"auto|cpu|(mps|cuda)(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"{text!r}: use auto, cpu, cuda or cuda:N")
     return text
 
 
 def _table_out(text: str) -> str:
     """An output table file: .parquet / .pq or .csv, nothing that would be written as something else."""
-    if not text.lower().endswith((".parquet", ".pq", ".csv")):
-        raise argparse.ArgumentTypeError(f"{text!r}: the output must end in .parquet, .pq or .csv")
+    if not text.lower().endswith((".parquet", ".pq", ".csv", ".csv.gz")):
+        raise argparse.ArgumentTypeError(f"{text!r}: the output must end in .parquet, .pq, .csv or .csv.gz")
     return text
 
 
@@ -159,7 +159,7 @@ def cmd_assign(args: argparse.Namespace) -> int:
         for k in range(proba.shape[1]):
             out[f"p_segment_{k}"] = proba[:, k]
     dest = Path(args.out)
-    if dest.suffix.lower() == ".csv":
+    if dest.name.lower().endswith((".csv", ".csv.gz")):
         out.to_csv(dest, index=False)
     else:
         out.to_parquet(dest, index=False)

@@ -495,14 +495,21 @@ def _fits_spread_over_ranks(ctx: DistContext, snapshot_path: Path) -> Iterator[N
 def _serve_fits(ctx: DistContext, snapshot_path: Path) -> None:
     """Ranks > 0: take part in every fit rank 0 starts, until it says it is done."""
     from segmentation import ConcreteGMVAE
+    from segmentation.model.training import TrainingDiverged
 
     while True:
         msg = ctx.broadcast_object(None)
         if msg is None or msg.get("op") == "done":
             return
         if msg.get("op") == "fit":
-            fit_distributed(ConcreteGMVAE(progress=False), ParquetSnapshot(snapshot_path), ctx,
-                            table_name=msg.get("table_name", "input"))
+            try:
+                fit_distributed(ConcreteGMVAE(progress=False), ParquetSnapshot(snapshot_path), ctx,
+                                table_name=msg.get("table_name", "input"))
+            except TrainingDiverged as exc:
+                # every rank sees the same all-reduced loss and stops together; rank 0 decides what
+                # the night does (pipeline.train falls back on production), so this rank waits for
+                # its next message instead of failing the pod
+                log.warning("rank %d: the fit diverged (%s); waiting for rank 0", ctx.rank, exc)
 
 
 def _snapshot_for_run(ctx: DistContext, run: dict[str, Any]) -> Path:

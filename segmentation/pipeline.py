@@ -618,9 +618,10 @@ def _prototypes(url: str, run: dict[str, Any], ids, clusters, unmatched: list[in
             for t in (feats.get(f.name) or {}).get("top") or []:
                 if not isinstance(t, dict) or (f.name, str(t.get("value"))) in yardstick:
                     continue
-                share, lift = t.get("share"), t.get("lift")
-                if _number(share) and _number(lift) and lift > 0 and 0 < share / lift < 1:
-                    base = share / lift
+                share, lift, base = t.get("share"), t.get("lift"), t.get("base_share")
+                if not _number(base) and _number(share) and _number(lift) and lift > 0:
+                    base = share / lift  # profiles published before base_share was recorded
+                if _number(base) and 0 < base < 1:
                     yardstick[(f.name, str(t["value"]))] = (base, float(np.sqrt(base * (1 - base))))
                     components.append((f, str(t["value"])))
     if not components:
@@ -710,8 +711,10 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
     df = _read_features(run)
     proba = model.predict_proba(df)
     top = np.argmax(proba, axis=1)
-    # the runner-up among the clusters that hold customers tonight (scoring._top2 says why)
-    top, second = _top2(proba, np.bincount(top, minlength=proba.shape[1]) > 0)
+    # the runner-up among the clusters that hold customers tonight (scoring._top2 says why); when
+    # one segment holds everyone there is no other published segment, and the runner-up is null
+    live = np.bincount(top, minlength=proba.shape[1]) > 0
+    top, second = _top2(proba, live)
     ids = entity_id_text(df[spec.entity_key])
     mapping, stability = assign_segment_ids(url, run, version, ids, top, model.n_segments)
     seg = np.array([mapping[int(k)] for k in top])
@@ -720,7 +723,7 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
         "customer_id": pa.array(ids, pa.string()),
         "segment_id": pa.array(seg, pa.int64()),
         "segment_probability": pa.array(proba[np.arange(len(top)), top].astype("float64")),
-        "runner_up_segment_id": pa.array(runner, pa.int64()),
+        "runner_up_segment_id": pa.array(runner, pa.int64(), mask=~live[second]),
     })
     path = _run_dir(run) / "assignments.parquet"
     pq.write_table(table, path)

@@ -69,7 +69,9 @@ def profile_segments(features: pd.DataFrame, segment_ids: np.ndarray, spec: Spec
             if f.type == "categorical":
                 shares = col.astype("string").value_counts(normalize=True).head(3)
                 entry["top"] = [
-                    {"value": str(k), "share": _round(v), "lift": _round(v / base[f.name]["shares"].get(k, np.nan))}
+                    {"value": str(k), "share": _round(v), "lift": _round(v / base[f.name]["shares"].get(k, np.nan)),
+                     # the whole base's share, unrounded enough to be a yardstick (stable ids by prototype)
+                     "base_share": _round(base[f.name]["shares"].get(k, np.nan), 5)}
                     for k, v in shares.items()
                 ]
             else:

@@ -368,7 +368,9 @@ def _latent_inputs(data: ReportData) -> None:
 def _segments_of_features(data: ReportData) -> np.ndarray:
     key = data.spec.entity_key
     by_id = pd.Series(data.assignments["segment_id"].to_numpy(), index=data.assignments["customer_id"].astype(str))
-    seg = by_id.reindex(data.features[key].astype(str).to_numpy())
+    from segmentation.scoring import entity_id_text
+
+    seg = by_id.reindex(entity_id_text(data.features[key]))
     if seg.isna().any():
         raise ReportError(f"{int(seg.isna().sum())} customer(s) of the features have no assignment")
     return seg.to_numpy().astype("int64")

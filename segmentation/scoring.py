@@ -149,16 +149,37 @@ def _top2(proba, live=None):
     return order[:, 0].astype("int64"), order[:, 1].astype("int64")
 
 
-def entity_id_text(values) -> "Any":
+def entity_id_arrow(values) -> "Any":
     """Customer ids as the text the warehouse contract stores, the same on every path (whole-table
-    and sharded scoring, matching, validation): Arrow's cast, so a float key 10000.0 reads '10000'
-    wherever it is read, where pandas' astype(str) would write '10000.0'."""
+    and sharded scoring, matching, validation, the report), as an Arrow string array. Whole-number
+    floats (a DOUBLE key column, or an integer column pandas widened to float) read as integers,
+    '10000' rather than pandas' '10000.0' or Arrow's '1e+20'; other values take Arrow's cast, and a
+    column of mixed Python objects their str()."""
+    import numpy as np
     import pyarrow as pa
 
-    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, from_pandas=True)
-    if arr.type != pa.string():
-        arr = arr.cast(pa.string())
-    return arr.to_numpy(zero_copy_only=False).astype(object)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        arr = values
+    else:
+        try:
+            arr = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arr = pa.array([None if v is None else str(v) for v in values], pa.string())
+    if pa.types.is_floating(arr.type):
+        import pyarrow.compute as pc
+
+        f = arr.to_numpy(zero_copy_only=False).astype("float64")
+        whole = np.isfinite(f) & (np.floor(f) == f) & (np.abs(f) < 2.0**53)
+        as_int = pa.array(np.where(whole, f, 0).astype("int64")).cast(pa.string())
+        return pc.if_else(pa.array(whole), as_int, arr.cast(pa.string()))
+    return arr if arr.type == pa.string() else arr.cast(pa.string())
+
+
+def entity_id_text(values) -> "Any":
+    """``entity_id_arrow`` as a NumPy object array."""
+    return entity_id_arrow(values).to_numpy(zero_copy_only=False).astype(object)
 
 
 def part_schema(id_column: str | None, n_segments: int, probabilities: bool):
@@ -225,7 +246,7 @@ def score_parquet(
                 cols: list[Any] = []
                 if id_column:
                     ids = batch.column(batch.schema.get_field_index(id_column))
-                    cols.append(ids if ids.type == pa.string() else ids.cast(pa.string()))
+                    cols.append(entity_id_arrow(ids))
                 cols += [pa.array(top, pa.int64()),
                          pa.array(proba[np.arange(len(top)), top].astype("float64")),
                          pa.array(second, pa.int64())]
@@ -260,8 +281,11 @@ def merge_parts(
     mapping: dict[int, int] | None = None,
     *,
     id_column: str = "customer_id",
+    live: Any = None,
 ) -> dict[str, Any]:
     """Concatenate scored parts, in order, into ``out_path`` (renamed into place when complete).
+    ``live`` (one bool per cluster): a runner-up in a cluster that holds nobody tonight has no
+    published segment id, and is written as null (only when a single segment holds everyone).
 
     With ``mapping`` (cluster -> segment id) the output has the columns of the warehouse contract
     (``customer_id``, ``segment_id``, ``segment_probability``, ``runner_up_segment_id``); without it
@@ -295,9 +319,12 @@ def merge_parts(
                         second = _lookup(lut, batch.column(batch.schema.get_field_index("runner_up_cluster")).to_numpy())
                         if (top < 0).any() or (second < 0).any():
                             raise ValueError(f"{part}: a cluster has no segment id in the mapping {mapping}")
+                        raw_second = batch.column(batch.schema.get_field_index("runner_up_cluster")).to_numpy()
+                        dead = ~np.asarray(live, dtype=bool)[raw_second] if live is not None else None
                         batch = pa.RecordBatch.from_arrays(
                             [batch.column(batch.schema.get_field_index(id_column)), pa.array(top),
-                             batch.column(batch.schema.get_field_index("probability")), pa.array(second)],
+                             batch.column(batch.schema.get_field_index("probability")),
+                             pa.array(second, pa.int64(), mask=dead)],
                             schema=schema)
                     elif batch.schema != schema:
                         raise ValueError(f"{part}: its columns differ from the first part's")
@@ -417,7 +444,7 @@ def finalize_scores(url: str, run: dict[str, Any], trained: dict[str, Any], shar
     mapping, stability = assign_segment_ids(url, run, trained["scoring_version"], ids, top, k)
     del ids, top
     run_dir = _run_dir(run)
-    merged = merge_parts(parts, run_dir / ASSIGNMENTS, mapping, id_column=spec.entity_key)
+    merged = merge_parts(parts, run_dir / ASSIGNMENTS, mapping, id_column=spec.entity_key, live=live)
     store.put_run_file(run["run_date"], run_dir / ASSIGNMENTS)
     log.info("score: %d customers from %d shard(s) published to %s", merged["rows"], len(parts), run_dir / ASSIGNMENTS)
     return {"assignments": str(run_dir / ASSIGNMENTS), "n_customers": int(merged["rows"]),

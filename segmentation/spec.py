@@ -162,6 +162,10 @@ def _model(raw: Any, where: str) -> dict[str, Any]:
     if unknown:
         raise SpecError(f"{where}: unknown key(s) {unknown}; known: {', '.join(MODEL_KEYS)}")
     for key, value in model.items():
+        if value is None:  # "not set": the estimator's default
+            continue
+        if key == "hidden" and isinstance(value, tuple):  # a spec written as a Python dict
+            value = list(value)
         types = MODEL_KEYS[key]
         bad_bool = isinstance(value, bool) and bool not in types
         if bad_bool or not isinstance(value, types):
@@ -170,7 +174,7 @@ def _model(raw: Any, where: str) -> dict[str, Any]:
             raise SpecError(f"{where}.{key} must be {want}, not {value!r}")
         if key == "hidden" and not (value and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in value)):
             raise SpecError(f"{where}.hidden must be a list of positive layer widths like [256, 128], not {value!r}")
-    return dict(model)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.items() if v is not None}
 
 
 def _implied_by(raw: Any, where: str) -> tuple[str, ...]:

@@ -773,3 +773,46 @@ def test_the_independent_baseline_is_below_a_healthy_model_and_above_a_broken_on
     broken = model.score(df)
     assert broken < baseline
     assert any("model of independent features" in p for p in pipeline._gate(model, df, broken)), broken
+
+
+def test_a_night_where_one_segment_holds_everyone_publishes_without_runner_ups(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the second break-it review: when tonight's customers all fall in one segment of the
+    kept model there is no other published segment to be their runner-up; the runner-up is null on
+    both scoring paths (the contract allows it) instead of an id nobody published."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    current = {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)}
+    only = min(current.values())
+    tonight = df[df["customer_id"].astype(str).map(current).eq(only)].reset_index(drop=True)
+    monkeypatch.setattr(pipeline, "KEEP_MARGIN", math.inf)   # policy: keep the production model
+    run = synthetic_run(tmp_path, S2, tonight)
+    trained = pipeline.train(url, run, {"status": "passed", "drift_detected": False})
+    assert trained["mode"] == "keep"
+    whole = pipeline.score(url, run, trained)
+    expected = _assignments(whole)
+    assert {r["segment_id"] for r in expected} == {only}
+    assert {r["runner_up_segment_id"] for r in expected} == {None}
+    assert _assignments(_sharded(url, run, trained, rows_per_shard=100)) == expected
+    pipeline.publish(url, run, trained, whole, {"status": "passed", "drift_detected": False})
+    assert {r["runner_up_segment_id"] for r in rows(url, CURRENT)} == {None}
+
+
+def test_the_gate_floor_allows_a_feature_constant_tonight() -> None:
+    """Found by the second break-it review: a continuous feature constant on tonight's rows gave the
+    independent baseline a density no decoder can reach (its variance is bounded), and a healthy
+    model was refused."""
+    import numpy as np
+    import pandas as pd
+
+    from segmentation import ConcreteGMVAE
+
+    rng = np.random.default_rng(0)
+    n = 600
+    df = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n) + np.repeat([0.0, 3.0], n // 2),
+                       "c": np.ones(n)})
+    model = ConcreteGMVAE(n_segments=2, epochs=15, latent_dim=2, hidden=(16,), seed=0, device="cpu", progress=None)
+    model.fit(df, feature_types={"a": "continuous", "b": "continuous", "c": "continuous"})
+    problems = pipeline._gate(model, df, model.score(df))
+    assert not any("independent features" in p for p in problems), problems

@@ -47,6 +47,7 @@ CASES = [
     ("implied-by-categorical", _set("feature:recency_days.implied_by", ["country:higher"]),
      "names the categorical feature 'country'"),
     ("features-mapping", _set("features", {"a": 1}), "'features' must be a list"),
+    ("model-null", _set("model.n_threads", None), None),   # "not set": the estimator's default
 ]
 
 
@@ -58,7 +59,10 @@ def test_a_wrongly_typed_spec_entry_is_named(tmp_path: Path, name: str, edit, pr
     path.write_text(yaml.safe_dump(raw))
     if problem is None:
         spec = load_spec(path)
-        assert spec.feature("recency_days").high_label == ""  # the report falls back on the name
+        if name == "blank-label":
+            assert spec.feature("recency_days").high_label == ""  # the report falls back on the name
+        else:
+            assert "n_threads" not in spec.model
         return
     with pytest.raises(SpecError) as err:
         load_spec(path)
@@ -101,7 +105,7 @@ def test_a_spec_declares_the_rules_of_its_own_raw_tables(tmp_path: Path, caplog:
         res = validate_raw(url, spec, as_of=dt.datetime(2024, 1, 3))
     failed = {(c["table"], c["column"]) for c in res.failures}
     assert failed == {("crm.orders", "amount")}, res.failures     # the spec's rule, not the demo's
-    assert res.context["rules"] == {"crm.orders": "spec", "crm.notes": "none"}
+    assert res.context["rules"] == {"transactions": "spec (crm.orders)", "notes": "none (crm.notes)"}
     assert "no rules declared for source 'notes'" in caplog.text
     # a bad rule is refused when the spec is read
     raw["sources"]["transactions"]["rules"]["columns"]["amount"]["kind"] = "float"
@@ -125,5 +129,5 @@ def test_the_demo_rules_on_a_foreign_spec_are_said(tmp_path: Path, caplog: pytes
     raw["sources"] = {"transactions": {"schema": "crm", "table": "orders"}}
     with caplog.at_level("WARNING", logger="validation.raw"):
         res = validate_raw(url, parse_spec(raw, "my.yaml"), as_of=dt.datetime(2024, 1, 3))
-    assert res.context["rules"] == {"crm.orders": "built-in Online Retail rules"}
+    assert res.context["rules"] == {"transactions": "built-in Online Retail rules (crm.orders)"}
     assert "declare sources.transactions.rules in the spec my.yaml" in caplog.text

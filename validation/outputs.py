@@ -91,6 +91,16 @@ def validate_outputs(
                                        min=0.0, max=1.0, numeric=True, floating=True)
     for col in ("segment_id", "runner_up_segment_id"):
         if col in usable:
+            if col == "runner_up_segment_id" and len(set(known)) == 1:
+                # one segment holds everyone: no other segment exists to be a runner-up, which is
+                # then null (the contract's column is nullable)
+                n_set = assignments.num_rows - assignments.column(col).null_count
+                res.checks.append(check_dict(
+                    stage="outputs", table=table, column=col, check="runner_up_null_for_one_segment",
+                    severity="error", success=n_set == 0, observed=n_set, expected=0,
+                    label="no runner-up when one segment holds everyone",
+                    observed_text=f"{n_set} rows name a runner-up although only segment {known[0]} exists"))
+                continue
             planned += column_value_checks(gxe, table=table, column=col, severity="error", allowed=tuple(known))
     if "segment_id" in usable and "runner_up_segment_id" in usable:
         same = pc.fill_null(pc.equal(assignments.column("segment_id"), assignments.column("runner_up_segment_id")),

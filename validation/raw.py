@@ -40,22 +40,22 @@ DEFAULT_FUTURE_TOLERANCE = dt.timedelta(days=1)
 
 
 def _rules_for(spec: Spec, rules: Any) -> dict[str, tuple[Any, str]]:
-    """{source name: (parsed rules, where they come from)}. In order: the ``rules`` argument, the
-    spec's own ``sources.<name>.rules``, the built-in Online Retail rules for a source of that name
-    (the demo's). The origin is recorded and logged: a table checked with the demo's rules, or with
+    """{source name: (parsed rules, where they come from)}. Per source, in order: the ``rules``
+    argument, the spec's own ``sources.<name>.rules``, and (only without a ``rules`` argument) the
+    built-in Online Retail rules for a source of that name (the demo's). The origin is recorded and logged: a table checked with the demo's rules, or with
     none (only that it exists and its row count), should never be a surprise."""
     from validation.rules import DEMO_SOURCE_RULES
 
-    if rules is not None:  # the caller's rules, and only those
-        given = all_source_rules(rules)
-        return {name: (given[name], "rules argument") if name in given else (None, "none") for name in spec.sources}
+    given = all_source_rules(rules) if rules is not None else {}
     out: dict[str, tuple[Any, str]] = {}
     for name, relation in spec.sources.items():
-        if relation.rules is not None:
+        if name in given:
+            out[name] = (given[name], "rules argument")
+        elif relation.rules is not None:
             out[name] = (source_rules(relation.rules, name), "spec")
-        elif name in DEMO_SOURCE_RULES:
+        elif rules is None and name in DEMO_SOURCE_RULES:
             out[name] = (source_rules(DEMO_SOURCE_RULES[name], name), "built-in Online Retail rules")
-            if spec.name != "online_retail":
+            if spec.name != "online_retail" or relation.qualified != f"raw.{name}":
                 log.warning("validate raw: %s is checked with the built-in Online Retail rules for a source named "
                             "%r; declare sources.%s.rules in the spec %s to check it by your own rules",
                             relation.qualified, name, name, spec.path or spec.name)
@@ -121,7 +121,7 @@ def validate_raw(
         for name, relation in spec.sources.items():
             table = relation.qualified
             src, origin = parsed.get(name, (None, "none"))
-            res.context.setdefault("rules", {})[table] = origin
+            res.context.setdefault("rules", {})[name] = f"{origin} ({table})"
             t0 = time.perf_counter()
             present = wh.columns(relation.schema, relation.table)
             if not present:

@@ -1,6 +1,7 @@
 """Clustering metrics and segment-usage diagnostics."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -63,9 +64,9 @@ def segment_usage(clusters: np.ndarray, n_segments: int, dominant_share: float =
 
 def independent_log_likelihood(model: Any, X: Any) -> float:
     """Mean log-likelihood per row of ``X`` under the simplest model of the same table: every feature
-    on its own, with the decoder's own families (Gaussian on the standardised scale, negative
-    binomial, Bernoulli, categorical) fitted to ``X``'s marginals, missing values masked exactly as
-    in the model's likelihood. A trained GMVAE's ELBO on the same rows should not be far below it:
+    on its own, with the decoder's own families (standard normal on the preprocessing's
+    standardised scale, negative binomial, Bernoulli, categorical fitted to ``X``'s marginals),
+    missing values masked exactly as in the model's likelihood. A trained GMVAE's ELBO on the same rows should not be far below it:
     one that is has learnt nothing usable (a diverged fit whose loss stayed finite), whatever its
     segment sizes look like. The promotion gate uses it as an absolute floor."""
     import torch
@@ -83,20 +84,23 @@ def independent_log_likelihood(model: Any, X: Any) -> float:
         return float("nan")
     total = torch.zeros(n, dtype=torch.float64)
 
-    def masked_moments(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def masked_moments(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: E306
         k = m.sum(0).clamp_min(1.0)
         mean = (x * m).sum(0) / k
         var = (((x - mean) ** 2) * m).sum(0) / k
         return mean, var
 
     if data["gaussian"].shape[1]:
+        # the standard normal of the preprocessing's own standardisation (the training data's mean
+        # and sd), not tonight's fitted variance: a feature that is constant tonight would give a
+        # density no decoder reaches within its variance bounds, and refuse a healthy model
         x, m = data["gaussian"].double(), data["gaussian_mask"].double()
-        mean, var = masked_moments(x, m)
-        total += (gaussian_log_prob(x, mean, torch.log(var.clamp_min(1e-6))) * m).sum(1)
+        zero = torch.zeros(x.shape[1], dtype=torch.float64)
+        total += (gaussian_log_prob(x, zero, zero) * m).sum(1)
     if data["count"].shape[1]:
         x, m = data["count"].double(), data["count_mask"].double()
         mean, var = masked_moments(x, m)
-        mean = mean.clamp_min(1e-6)
+        mean = mean.clamp(math.exp(-10.0), math.exp(15.0))  # the decoder's bounds on log mean
         # method of moments: var = mu + mu^2 / r; no overdispersion -> a large r (near Poisson),
         # within the decoder's own bounds on log r
         r = torch.where(var > mean, mean**2 / (var - mean).clamp_min(1e-9), torch.full_like(mean, 3e3))
