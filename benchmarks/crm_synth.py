@@ -25,11 +25,14 @@ Everything is a pure function of (seed, chunk index, as_of): the same rows on ev
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from validation.rules import DEMO_SOURCE_RULES
 
 SOURCE = "customers"            # the spec's source name (see spec_yaml)
 RAW_SCHEMA, RAW_TABLE = "raw", "crm_customers"
@@ -247,7 +250,8 @@ def spec_yaml(*, n_segments: int, output_schema: str = "segments", model: dict[s
         "name: synthetic_crm",
         "entity_key: customer_id",
         "sources:",
-        f"  {SOURCE}: {{schema: {RAW_SCHEMA}, table: {RAW_TABLE}}}",
+        # the demo's raw rules for a source of this name, declared in the spec as a user would
+        f"  {SOURCE}: {{schema: {RAW_SCHEMA}, table: {RAW_TABLE}, rules: {json.dumps(DEMO_SOURCE_RULES[SOURCE])}}}",
         f"features_relation: {{schema: {FEATURES_SCHEMA}, table: {FEATURES_TABLE}}}",
         f"output_schema: {output_schema}",
         "model:",
