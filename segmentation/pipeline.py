@@ -285,10 +285,20 @@ def _model_settings(spec: Spec, run: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _gate(model, df, score: float) -> list[str]:
+def _held_out(model, df):
+    """The rows of ``df`` the fit held out for early stopping (``validation_rows_``), or all of ``df``
+    when it held out too few to judge by (a tiny table, validation_fraction 0, a DDP fit)."""
+    rows = getattr(model, "validation_rows_", None)
+    if rows is None or len(rows) < max(50, 2 * int(model.n_segments)) or len(df) <= int(max(rows, default=-1)):
+        return df
+    return df.iloc[rows].reset_index(drop=True)
+
+
+def _gate(model, df, score: float, judged=None) -> list[str]:
     """Reasons not to promote a model (empty: promote). Judged on what the model does with
     tonight's customers, not on the metrics it recorded while training: a model whose weights
-    went bad afterwards (or were never good) must not pass on the strength of its history."""
+    went bad afterwards (or were never good) must not pass on the strength of its history.
+    ``score``: its ELBO on ``judged`` (the held-out rows; default all of ``df``)."""
     import torch
 
     from segmentation.model.evaluation import independent_log_likelihood, segment_usage
@@ -307,7 +317,7 @@ def _gate(model, df, score: float) -> list[str]:
     else:
         # an absolute floor: a fit can diverge with a finite loss (an ELBO of -6e23 passed the gate
         # on a first night, where there is no production model to compare with)
-        baseline = independent_log_likelihood(model, df)
+        baseline = independent_log_likelihood(model, df if judged is None else judged)
         if math.isfinite(baseline) and score < baseline - max(INDEPENDENT_MARGIN_NATS, INDEPENDENT_MARGIN * abs(baseline)):
             problems.append(f"its ELBO on tonight's customers ({score:.4g}) is far below that of a model of independent "
                             f"features ({baseline:.4g}): it learnt nothing usable")
@@ -437,25 +447,33 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
         return {"model_version": None, "mode": mode, "reason": reason, "promoted": False, "base_version": base,
                 "scoring_version": fallback, "gate": [problem], "train_seconds": round(seconds, 2), "epochs_run": None}
     seconds = time.perf_counter() - started
-    score_now = float(model.score(df))
-    problems = _gate(model, df, score_now)
-    if base:
-        if base_score is None and _compatible(store, base, spec, run) and _loadable(store, base):
-            base_score = float(store.load_model(base).score(df))
-        if base_score is not None and score_now < base_score - ELBO_MARGIN * abs(base_score):
-            problems.append(f"ELBO {score_now:.3f} is worse than production's {base_score:.3f} by more than {ELBO_MARGIN:.0%}")
+    score_now = float(model.score(df))  # on every row: what tomorrow's keep decision compares with
+    # the gate judges both models on the rows this fit held out for early stopping (tonight's
+    # customers the new model never trained on), not on the rows it fitted
+    held = _held_out(model, df)
+    score_held = float(model.score(held)) if held is not df else score_now
+    problems = _gate(model, df, score_held, held)
+    base_held = None
+    if base and fallback:
+        base_held = float(store.load_model(base).score(held))
+        if base_score is None:
+            base_score = float(store.load_model(base).score(df)) if held is not df else base_held
+        if score_held < base_held - ELBO_MARGIN * abs(base_held):
+            problems.append(f"held-out ELBO {score_held:.3f} is worse than production's {base_held:.3f} by more than "
+                            f"{ELBO_MARGIN:.0%}")
     promoted = not problems
     scoring_version = None
     kept_reason = None
-    if promoted and reason.startswith("weekly") and base_score is not None and fallback \
-            and score_now < base_score + SCHEDULED_RETRAIN_MIN_GAIN * abs(base_score):
+    if promoted and reason.startswith("weekly") and base_held is not None \
+            and score_held < base_held + SCHEDULED_RETRAIN_MIN_GAIN * abs(base_held):
         promoted = False
-        kept_reason = (f"scheduled retrain not promoted: ELBO {score_now:.3f} is not {SCHEDULED_RETRAIN_MIN_GAIN:.0%} better "
-                       f"than production's {base_score:.3f}; segments stay as they are")
+        kept_reason = (f"scheduled retrain not promoted: held-out ELBO {score_held:.3f} is not "
+                       f"{SCHEDULED_RETRAIN_MIN_GAIN:.0%} better than production's {base_held:.3f}; segments stay as they are")
         log.info("train: %s", kept_reason)
     info = {"mode": mode, "reason": reason, "base_version": base, "n_segments": run["n_segments"],
             "lineage_start": lineage_start, "promoted": promoted, "gate": problems, "train_seconds": seconds,
             "train_score": score_now, "production_score": base_score,
+            "heldout_score": score_held, "production_heldout_score": base_held, "heldout_rows": int(len(held)),
             # "self" when promoted; else the production model the run scored with instead
             "scoring_version": "self" if promoted else fallback, "kept_reason": kept_reason,
             "init": model.metrics_.get("init", {}).get("init")}

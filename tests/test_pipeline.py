@@ -816,3 +816,19 @@ def test_the_gate_floor_allows_a_feature_constant_tonight() -> None:
     model.fit(df, feature_types={"a": "continuous", "b": "continuous", "c": "continuous"})
     problems = pipeline._gate(model, df, model.score(df))
     assert not any("independent features" in p for p in problems), problems
+
+
+def test_the_gate_judges_on_the_rows_the_fit_held_out(tmp_path: Path) -> None:
+    """Issue 5 asks for the held-out ELBO: the gate scores the new model (and production) on the rows
+    the fit held out for early stopping, which the new model never trained on."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    first = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    second = synthetic_night(url, synthetic_run(tmp_path, S2, df, full_retrain=True))
+    store = pipeline._store(synthetic_run(tmp_path, S2, df))
+    run_meta = store.model_metadata(second["training"]["model_version"])["run"]
+    assert run_meta["heldout_rows"] == round(0.1 * len(df))
+    assert math.isfinite(run_meta["heldout_score"]) and run_meta["heldout_score"] != run_meta["train_score"]
+    assert math.isfinite(run_meta["production_heldout_score"])  # production judged on the same rows
+    first_meta = store.model_metadata(first["training"]["model_version"])["run"]
+    assert first_meta["production_heldout_score"] is None        # nothing to compare with on a first night

@@ -283,6 +283,9 @@ class ConcreteGMVAE:
         self.device_ = cfg.device
         self.feature_types_ = dict(pre.feature_types)
         self.history_ = history if not refresh else getattr(self, "history_", []) + history
+        # positions (in X) of the rows held out for early stopping: what "held-out" means for
+        # whoever judges this fit afterwards (the pipeline's promotion gate)
+        self.validation_rows_ = np.sort(order[:n_val])
         self.fingerprint_ = artifact.data_fingerprint(df, list(pre.feature_types))
         self.metrics_ = fit_metrics(history, time.perf_counter() - t0, refresh, n)
         self.metrics_["init"] = init_info
