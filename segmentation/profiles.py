@@ -144,6 +144,13 @@ def _trait_words(spec: Spec, effects: list[tuple[str, float]], feats: dict[str, 
         keys.add(key)
         text = (f.high_label if eff > 0 else f.low_label) or f"{'high' if eff > 0 else 'low'} {name.replace('_', ' ')}"
         words.append((key, text))
+    if not legacy:
+        # implied_by holds whichever trait is stronger: "spending more lately" goes without saying
+        # next to "new customers" also when it is the larger effect and came first in the loop
+        # (a pair that implies each other keeps both)
+        implied = {k: set(spec.feature(k.partition(":")[0]).implied_by) for k, _ in words}
+        words = [(k, t) for k, t in words
+                 if not any(other in keys and k not in implied.get(other, set()) for other in implied[k])]
     return words
 
 

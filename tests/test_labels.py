@@ -267,6 +267,10 @@ def test_labels_leave_out_what_goes_without_saying() -> None:
              "gap": {"missing_share": 0.8}, "spend": {"missing_share": 0.0}}
     keys = lambda sp, f, **kw: [k for k, _ in _trait_words(sp, effects, f, **kw)]  # noqa: E731
     assert keys(spec, feats) == ["tenure:lower", "spend:lower"]
+    # also when the implied trait is the stronger one (seen on the demo: "Spending more lately, new
+    # customers")
+    stronger = [("recent_share", 2.5), ("tenure", -2.0), ("gap", -1.2), ("spend", -1.0)]
+    assert [k for k, _ in _trait_words(spec, stronger, feats)] == ["tenure:lower", "spend:lower"]
     assert keys(spec, dict(feats, gap={"missing_share": 0.2})) == ["tenure:lower", "gap:lower", "spend:lower"]
     assert keys(spec, feats, legacy=True) == ["tenure:lower", "recent_share:higher", "gap:lower", "spend:lower"]
     raw_plain = json.loads(json.dumps(raw))
