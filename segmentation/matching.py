@@ -42,11 +42,9 @@ def match_segments(
     issued = set(int(i) for i in (issued_ids or []))
     mapping: dict[int, int] = {}
     stability: dict[str, Any] = {}
-    if previous is not None and len(previous):
-        prev = pd.Series(previous["segment_id"].to_numpy(), index=previous["customer_id"].astype(str).to_numpy())
+    prev, now, common = _aligned(customer_ids, clusters, previous)
+    if prev is not None:
         issued |= set(int(i) for i in prev.unique())
-        now = pd.Series(clusters, index=pd.Index(customer_ids).astype(str))
-        common = now.index.intersection(prev.index)
         if len(common):
             prev_ids = np.sort(prev.unique())
             col = {int(s): j for j, s in enumerate(prev_ids)}
@@ -57,7 +55,7 @@ def match_segments(
             for r, c in zip(rows, cols):
                 if table[r, c] > 0 and table[r, c] >= min_overlap * max(sizes[r], 1):
                     mapping[int(r)] = int(prev_ids[c])
-    if prototypes is not None and previous is not None and len(previous):
+    if prototypes is not None and prev is not None:
         taken = set(mapping.values())
         present = set(int(k) for k in np.unique(np.asarray(clusters)))
         by_prototype = match_prototypes([k for k in range(n_clusters) if k not in mapping and k in present],
@@ -70,22 +68,33 @@ def match_segments(
         if k not in mapping:
             mapping[k] = next_id
             next_id += 1
-    stability.update(segment_stability(customer_ids, clusters, previous, mapping))
+    stability.update(_stability(prev, now, common, clusters, mapping))
     return mapping, stability
+
+
+def _aligned(customer_ids, clusters, previous: pd.DataFrame | None):
+    """(previous segment per customer, tonight's cluster per customer, customers in both), ids as
+    text; (None, None, None) on a first night."""
+    if previous is None or not len(previous):
+        return None, None, None
+    prev = pd.Series(previous["segment_id"].to_numpy(), index=previous["customer_id"].astype(str).to_numpy())
+    now = pd.Series(np.asarray(clusters), index=pd.Index(customer_ids).astype(str))
+    return prev, now, now.index.intersection(prev.index)
 
 
 def segment_stability(customer_ids, clusters, previous: pd.DataFrame | None, mapping: dict[int, int]) -> dict[str, Any]:
     """How tonight's segments (``mapping`` of ``clusters``) compare with ``previous``: customers in
     common, the share and number that changed segment id, ARI, new and retired ids. Computed from
     the mapping that is published, whichever way it was chosen."""
+    return _stability(*_aligned(customer_ids, clusters, previous), clusters, mapping)
+
+
+def _stability(prev, now, common, clusters, mapping: dict[int, int]) -> dict[str, Any]:
     from sklearn.metrics import adjusted_rand_score
 
     out: dict[str, Any] = {"previous_customers": 0, "common_customers": 0}
-    if previous is None or not len(previous):
+    if prev is None:
         return out
-    prev = pd.Series(previous["segment_id"].to_numpy(), index=previous["customer_id"].astype(str).to_numpy())
-    now = pd.Series(np.asarray(clusters), index=pd.Index(customer_ids).astype(str))
-    common = now.index.intersection(prev.index)
     out.update(previous_customers=int(len(prev)), common_customers=int(len(common)))
     if len(common):
         seg_now = np.array([mapping[int(c)] for c in now[common].to_numpy()])

@@ -32,7 +32,6 @@ from segmentation.spec import MODEL_KEYS, Spec, load_spec
 log = logging.getLogger(__name__)
 
 # Model settings a spec's ``model:`` block may set (the rest of ConcreteGMVAE's are left default).
-_MODEL_KEYS = tuple(MODEL_KEYS)  # the spec's model: keys, checked when the spec is read
 REFRESH_EPOCHS = 5           # fine-tuning epochs of a nightly refresh
 REFRESH_LEARNING_RATE = 3e-4  # gentler than training: a refresh adapts, it must not reshuffle
 KEEP_MARGIN = 0.02           # production still fits when its ELBO on tonight's data is within 2% of training's
@@ -277,7 +276,7 @@ def _production_reference(run: dict[str, Any]) -> dict | None:
 # 4. train (or refresh)
 # ---------------------------------------------------------------------------------------------
 def _model_settings(spec: Spec, run: dict[str, Any]) -> dict[str, Any]:
-    settings = {k: v for k, v in spec.model.items() if k in _MODEL_KEYS}
+    settings = {k: v for k, v in spec.model.items() if k in MODEL_KEYS}
     settings["n_segments"] = run["n_segments"]
     if "hidden" in settings:
         settings["hidden"] = tuple(settings["hidden"])
@@ -455,9 +454,10 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     problems = _gate(model, df, score_held, held)
     base_held = None
     if base and fallback:
-        base_held = float(store.load_model(base).score(held))
+        production = store.load_model(base)
+        base_held = float(production.score(held))
         if base_score is None:
-            base_score = float(store.load_model(base).score(df)) if held is not df else base_held
+            base_score = float(production.score(df)) if held is not df else base_held
         if score_held < base_held - ELBO_MARGIN * abs(base_held):
             problems.append(f"held-out ELBO {score_held:.3f} is worse than production's {base_held:.3f} by more than "
                             f"{ELBO_MARGIN:.0%}")

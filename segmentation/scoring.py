@@ -316,10 +316,10 @@ def merge_parts(
                 for batch in pf.iter_batches(batch_size=DEFAULT_BATCH_ROWS, use_threads=False):
                     if lut is not None:
                         top = _lookup(lut, batch.column(batch.schema.get_field_index("cluster")).to_numpy())
-                        second = _lookup(lut, batch.column(batch.schema.get_field_index("runner_up_cluster")).to_numpy())
+                        raw_second = batch.column(batch.schema.get_field_index("runner_up_cluster")).to_numpy()
+                        second = _lookup(lut, raw_second)
                         if (top < 0).any() or (second < 0).any():
                             raise ValueError(f"{part}: a cluster has no segment id in the mapping {mapping}")
-                        raw_second = batch.column(batch.schema.get_field_index("runner_up_cluster")).to_numpy()
                         dead = ~np.asarray(live, dtype=bool)[raw_second] if live is not None else None
                         batch = pa.RecordBatch.from_arrays(
                             [batch.column(batch.schema.get_field_index(id_column)), pa.array(top),
