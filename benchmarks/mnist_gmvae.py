@@ -15,6 +15,7 @@ model, thread count, per-run rows and per-epoch histories) to benchmarks/results
 Examples
 --------
   python benchmarks/mnist_gmvae.py                 # the full run: 5 seeds x 2 estimators
+  python benchmarks/mnist_gmvae.py --jobs 2        # the same, two fits side by side (2 cores: ~30 min)
   python benchmarks/mnist_gmvae.py --quick         # smoke run, ~2 minutes
   python benchmarks/mnist_gmvae.py --estimators concrete --seeds 0 --hidden 512 256 --out /tmp/t.json
 
@@ -191,7 +192,7 @@ def fmt_ms(s: dict[str, Any], digits: int = 3) -> str:
 # segment during the first epochs (exact: for the whole annealing period).
 DEFAULTS = dict(
     latent_dim=10,
-    hidden=[256, 128],
+    hidden=[512, 256],
     epochs=100,
     batch_size=256,
     learning_rate=1e-3,
@@ -202,7 +203,10 @@ DEFAULTS = dict(
     patience=10,
     validation_fraction=0.1,
     init="pretrain",
-    pretrain_epochs=20,
+    pretrain_epochs=50,
+    pretrain_noise=0.2,
+    start_clusters="gmm",
+    finetune_learning_rate=1e-4,
 )
 QUICK = dict(seeds=[0, 1], epochs=15, iw_samples=10)
 
@@ -223,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{QUICK['iw_samples']} IW samples; writes results/mnist_quick.json unless --out is given")
     g.add_argument("--seeds", type=int, nargs="+", default=None, help="model seeds (default: 0 1 2 3 4)")
     g.add_argument("--estimators", nargs="+", choices=("concrete", "exact"), default=["concrete", "exact"])
-    g.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    g.add_argument("--threads", type=int, default=1, help="torch CPU threads per fit (default 1)")
+    g.add_argument("--jobs", type=int, default=1,
+                   help="fits run side by side in this many processes (default 1). Results do not depend on "
+                        "it (each fit seeds itself); seconds per epoch do when the jobs share too few cores")
     g.add_argument("--out", default=None, help="JSON output (default benchmarks/results/mnist.json)")
     g.add_argument("--no-write", action="store_true", help="print the table only")
     g.add_argument("--tag", default=None, help="free-text label stored in the JSON")
@@ -248,11 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--init", choices=("pretrain", "random"), default=DEFAULTS["init"],
                    help="start of the mixture: autoencoder + k-means ('pretrain') or random weights")
     m.add_argument("--pretrain-epochs", type=int, default=DEFAULTS["pretrain_epochs"])
+    m.add_argument("--pretrain-noise", type=float, default=DEFAULTS["pretrain_noise"],
+                   help="share of input pixels masked in each autoencoder step (default %(default)s)")
+    m.add_argument("--start-clusters", choices=("gmm", "kmeans"), default=DEFAULTS["start_clusters"],
+                   help="how the start places the components: consensus of full-covariance mixtures or k-means")
+    m.add_argument("--finetune-lr", type=float, default=DEFAULTS["finetune_learning_rate"],
+                   help="Adam learning rate after the data-driven start (default %(default)s; 0: same as --lr)")
     m.add_argument("--iw-samples", type=int, default=None, help="importance samples for log p(x) (default 50)")
     return p
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    if args.jobs < 1 or args.threads < 1:
+        raise SystemExit("mnist_gmvae.py: --jobs and --threads must be at least 1")
     if args.seeds is None:
         args.seeds = QUICK["seeds"] if args.quick else [0, 1, 2, 3, 4]
     if args.epochs is None:
@@ -271,7 +286,8 @@ def model_config(args: argparse.Namespace, estimator: str, seed: int) -> dict[st
         kl_anneal_epochs=args.kl_anneal_epochs, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, patience=args.patience, validation_fraction=args.validation_fraction,
         seed=seed, device="cpu", n_threads=args.threads, progress=False,
-        init=args.init, pretrain_epochs=args.pretrain_epochs,
+        init=args.init, pretrain_epochs=args.pretrain_epochs, pretrain_noise=args.pretrain_noise,
+        start_clusters=args.start_clusters, finetune_learning_rate=args.finetune_lr or None,
     )
 
 
@@ -363,17 +379,33 @@ def main(argv: list[str] | None = None) -> int:
           f"({data_info['pixels_constant_in_train']} constant in the fit rows); seeds {args.seeds}; "
           f"threads {args.threads}", flush=True)
     started = now_utc()
-    runs = []
     t_all = time.perf_counter()
-    for seed in args.seeds:
-        for est in args.estimators:
-            r = run_one(args, est, seed, train_df, test_df, y_train, y_test)
-            runs.append(r)
-            print(f"  {est:8s} seed {seed}: acc={r['hungarian_accuracy']:.3f} nmi={r['nmi']:.3f} ari={r['ari']:.3f} "
-                  f"elbo={r['elbo']:.2f} iw={r['iw_log_likelihood']:.2f} train_acc={r['train_accuracy']:.3f} "
-                  f"used={r['n_used']} epochs={r['epochs_run']} (best {r['best_epoch']}) "
-                  f"{r['seconds_per_epoch']:.2f}s/epoch fit {r['fit_wall_seconds']:.0f}s eval {r['eval_seconds']:.0f}s",
-                  flush=True)
+    tasks = [(seed, est) for seed in args.seeds for est in args.estimators]
+    done: dict[tuple[int, str], dict[str, Any]] = {}
+
+    def report(r: dict[str, Any]) -> None:
+        done[(r["seed"], r["estimator"])] = r
+        print(f"  {r['estimator']:8s} seed {r['seed']}: acc={r['hungarian_accuracy']:.3f} nmi={r['nmi']:.3f} "
+              f"ari={r['ari']:.3f} elbo={r['elbo']:.2f} iw={r['iw_log_likelihood']:.2f} "
+              f"train_acc={r['train_accuracy']:.3f} used={r['n_used']} epochs={r['epochs_run']} (best {r['best_epoch']}) "
+              f"{r['seconds_per_epoch']:.2f}s/epoch fit {r['fit_wall_seconds']:.0f}s eval {r['eval_seconds']:.0f}s",
+              flush=True)
+
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # fork: the workers inherit the loaded data; the slow exact fits are queued first
+        queue = sorted(tasks, key=lambda t: t[1] != "exact")
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
+            futures = [pool.submit(run_one, args, est, seed, train_df, test_df, y_train, y_test) for seed, est in queue]
+            for f in as_completed(futures):
+                report(f.result())
+    else:
+        for seed, est in tasks:
+            report(run_one(args, est, seed, train_df, test_df, y_train, y_test))
+    runs = [done[t] for t in tasks]
     total = time.perf_counter() - t_all
     summary = summarise(runs, args.estimators)
     print()
@@ -394,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             "estimators": args.estimators,
             "quick": args.quick,
             "iw_samples": args.iw_samples,
+            "jobs": args.jobs,
             "config": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in model_config(args, "<estimator>", -1).items() if k not in ("seed", "estimator")},
             "data": data_info,

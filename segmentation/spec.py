@@ -27,7 +27,8 @@ MODEL_KEYS: dict[str, tuple[type, ...]] = {
     "tau_min": (int, float), "tau_decay": (int, float), "kl_anneal_epochs": (int,), "epochs": (int,),
     "batch_size": (int,), "learning_rate": (int, float), "patience": (int,), "validation_fraction": (int, float),
     "min_level_count": (int,), "seed": (int,), "device": (str,), "n_threads": (int,), "bf16": (bool,),
-    "init": (str,), "pretrain_epochs": (int,),
+    "init": (str,), "pretrain_epochs": (int,), "pretrain_noise": (int, float), "start_clusters": (str,),
+    "finetune_learning_rate": (int, float),
 }
 
 
