@@ -77,6 +77,30 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 1)")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not above 0")
+    return value
+
+
 def _device(text: str) -> str:
     """auto, cpu, cuda or cuda:N (mps on Apple machines): a torch device this product runs on."""
     import re
@@ -125,7 +149,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, kl_anneal_epochs=args.kl_anneal_epochs, tau_start=args.tau_start, tau_min=args.tau_min,
         patience=args.patience, seed=args.seed, device=args.device, n_threads=args.threads,
-        init=args.init, pretrain_epochs=args.pretrain_epochs,
+        init=args.init, pretrain_epochs=args.pretrain_epochs, pretrain_noise=args.pretrain_noise,
+        start_clusters=args.start_clusters, finetune_learning_rate=args.finetune_lr,
     )
     model.fit(df, feature_types=types, table_name=Path(args.data).name)
     model.save(args.out)
@@ -273,11 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tau-min", type=float, default=0.5, help="temperature floor (default 0.5)")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default 10)")
     p.add_argument("--init", choices=["pretrain", "random"], default="pretrain",
-                   help="how the mixture starts: 'pretrain' (default) trains an autoencoder for --pretrain-epochs "
-                        "epochs and places the K components by k-means in its latent space; 'random' starts "
-                        "from random weights (the plain GMVAE)")
+                   help="how the mixture starts: 'pretrain' (default) trains a denoising autoencoder for "
+                        "--pretrain-epochs epochs and places the K components by clustering its latent space "
+                        "(--start-clusters); 'random' starts from random weights (the plain GMVAE)")
     p.add_argument("--pretrain-epochs", type=int, default=20,
                    help="autoencoder epochs of --init pretrain (default 20)")
+    p.add_argument("--pretrain-noise", type=_share, default=0.2,
+                   help="share of the input entries the autoencoder sees masked to 0, in [0, 1) (default 0.2; "
+                        "0 turns the denoising off)")
+    p.add_argument("--start-clusters", choices=["gmm", "kmeans"], default="gmm",
+                   help="how --init pretrain places the components: 'gmm' (default), the most typical of 10 "
+                        "full-covariance Gaussian mixtures, or 'kmeans'")
+    p.add_argument("--finetune-lr", type=_positive, default=None,
+                   help="Adam learning rate of the GMVAE training after --init pretrain (default: --lr). A "
+                        "smaller one (e.g. 1e-4) refines the start instead of reshuffling it, in more epochs")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data, same model (default 0)")
     p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=_at_least_one, default=1, help="CPU threads for torch (default 1: fastest for these small networks)")
