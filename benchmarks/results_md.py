@@ -357,7 +357,7 @@ def section_quality(page: Page, res: Path, targets: dict[str, Any]) -> None:
                        f"an autoencoder with {100 * float(cfg.get('pretrain_noise') or 0):.0f}% of the pixels masked, "
                        f"then {start_words} on its latent means; encoder {cfg.get('hidden')}; learning rate "
                        f"{cfg.get('finetune_learning_rate') or cfg.get('learning_rate')} after the start; git {commit}). "
-                       "benchmarks/README.md ('After the data-driven start') has the seed-level experiments behind "
+                       "benchmarks/README.md ('A denoising start and a mixture consensus') has the seed-level experiments behind "
                        "it: the final accuracy follows the start's within a few points, and the start is limited "
                        "by how well 8,000 binarised digits (../shared/data holds the 10,000-image MNIST test file, "
                        "split 8,000 / 2,000) train an MLP autoencoder, with no convolution and no augmentation"
