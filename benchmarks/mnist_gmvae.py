@@ -207,6 +207,7 @@ DEFAULTS = dict(
     pretrain_noise=0.2,
     start_clusters="gmm",
     finetune_learning_rate=1e-4,
+    prior_covariance="full",
 )
 QUICK = dict(seeds=[0, 1], epochs=15, iw_samples=10)
 
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the start places the components: consensus of full-covariance mixtures or k-means")
     m.add_argument("--finetune-lr", type=float, default=DEFAULTS["finetune_learning_rate"],
                    help="Adam learning rate after the data-driven start (default %(default)s; 0: same as --lr)")
+    m.add_argument("--prior-covariance", choices=("diagonal", "full"), default=DEFAULTS["prior_covariance"],
+                   help="shape of each segment's Gaussian p(z|y) (default %(default)s)")
     m.add_argument("--iw-samples", type=int, default=None, help="importance samples for log p(x) (default 50)")
     return p
 
@@ -288,6 +291,7 @@ def model_config(args: argparse.Namespace, estimator: str, seed: int) -> dict[st
         seed=seed, device="cpu", n_threads=args.threads, progress=False,
         init=args.init, pretrain_epochs=args.pretrain_epochs, pretrain_noise=args.pretrain_noise,
         start_clusters=args.start_clusters, finetune_learning_rate=args.finetune_lr or None,
+        prior_covariance=args.prior_covariance,
     )
 
 

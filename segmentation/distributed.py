@@ -342,7 +342,6 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
     from segmentation.model.training import fit_metrics, pretrain_init
     from segmentation.model.estimator import _CONFIG_KEYS, _anchor_codes, _threads
     from segmentation.model.evaluation import segment_usage
-    from segmentation.model.network import GMVAENetwork
     from segmentation.model.preprocessing import TablePreprocessor, _as_frame, infer_feature_types
 
     t0 = time.perf_counter()
@@ -405,7 +404,7 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
         if refresh and ctx.is_main:
             net = model.network_
         else:  # the other ranks' start weights are replaced by rank 0's when DDP wraps the network
-            net = GMVAENetwork(pre.layout, int(model.n_segments), int(model.latent_dim), model.hidden)
+            net = model.new_network(pre.layout)
         net.to(cfg.device)
         n = int(data["x"].shape[0])
         rng = np.random.default_rng([seed, ctx.rank])

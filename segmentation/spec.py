@@ -28,7 +28,7 @@ MODEL_KEYS: dict[str, tuple[type, ...]] = {
     "batch_size": (int,), "learning_rate": (int, float), "patience": (int,), "validation_fraction": (int, float),
     "min_level_count": (int,), "seed": (int,), "device": (str,), "n_threads": (int,), "bf16": (bool,),
     "init": (str,), "pretrain_epochs": (int,), "pretrain_noise": (int, float), "start_clusters": (str,),
-    "finetune_learning_rate": (int, float),
+    "finetune_learning_rate": (int, float), "prior_covariance": (str,),
 }
 
 

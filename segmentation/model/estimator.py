@@ -29,7 +29,7 @@ _CONFIG_KEYS = (
     "n_segments", "latent_dim", "hidden", "estimator", "tau_start", "tau_min", "tau_decay", "kl_anneal_epochs",
     "epochs", "batch_size", "learning_rate", "patience", "validation_fraction", "min_level_count", "seed",
     "device", "n_threads", "bf16", "progress", "warm_start", "init", "pretrain_epochs",
-    "pretrain_noise", "start_clusters", "finetune_learning_rate",
+    "pretrain_noise", "start_clusters", "finetune_learning_rate", "prior_covariance",
 )
 
 
@@ -124,6 +124,10 @@ class ConcreteGMVAE:
         start (None: ``learning_rate``, which the autoencoder always uses). A smaller one refines the
         start instead of reshuffling it (MNIST: 1e-4 gives a better held-out ELBO than 1e-3, in
         about 3x the epochs).
+    prior_covariance: ``"diagonal"`` (default) or ``"full"``: the shape of each segment's Gaussian
+        p(z|y) in the latent space. ``"full"`` adds a Cholesky factor per segment (K x L x L
+        parameters), starts each segment with its own cluster's covariance, and keeps the start's
+        partition through training (MNIST: see benchmarks/README.md).
     """
 
     def __init__(
@@ -153,6 +157,7 @@ class ConcreteGMVAE:
         pretrain_noise: float = 0.2,
         start_clusters: str = "gmm",
         finetune_learning_rate: float | None = None,
+        prior_covariance: str = "diagonal",
     ):
         self.n_segments = n_segments
         self.latent_dim = latent_dim
@@ -179,6 +184,7 @@ class ConcreteGMVAE:
         self.pretrain_noise = pretrain_noise
         self.start_clusters = start_clusters
         self.finetune_learning_rate = finetune_learning_rate
+        self.prior_covariance = prior_covariance
 
     # ---- sklearn-ish plumbing ------------------------------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -199,6 +205,8 @@ class ConcreteGMVAE:
             raise ValueError(f"init must be 'pretrain' or 'random', not {self.init!r}")
         if isinstance(self.pretrain_epochs, bool) or not isinstance(self.pretrain_epochs, int) or self.pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs must be a whole number of at least 0, not {self.pretrain_epochs!r}")
+        if self.prior_covariance not in ("diagonal", "full"):
+            raise ValueError(f"prior_covariance must be 'diagonal' or 'full', not {self.prior_covariance!r}")
         if self.start_clusters not in ("gmm", "kmeans"):
             raise ValueError(f"start_clusters must be 'gmm' or 'kmeans', not {self.start_clusters!r}")
         if isinstance(self.pretrain_noise, bool) or not isinstance(self.pretrain_noise, (int, float)) \
@@ -224,6 +232,11 @@ class ConcreteGMVAE:
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
         if isinstance(self.n_segments, bool) or not isinstance(self.n_segments, int):
             raise ValueError(f"n_segments must be a whole number, not {self.n_segments!r}")
+
+    def new_network(self, layout) -> GMVAENetwork:
+        """A fresh network for this configuration (fit, load and the distributed fit all build it here)."""
+        return GMVAENetwork(layout, int(self.n_segments), int(self.latent_dim), self.hidden,
+                            prior_covariance=str(self.prior_covariance))
 
     @property
     def is_fitted(self) -> bool:
@@ -295,7 +308,7 @@ class ConcreteGMVAE:
             if refresh:
                 net = self.network_
             else:
-                net = GMVAENetwork(pre.layout, int(self.n_segments), int(self.latent_dim), self.hidden)
+                net = self.new_network(pre.layout)
             rng = np.random.default_rng(int(self.seed))
             order = rng.permutation(n)
             n_val = int(round(n * float(self.validation_fraction))) if n >= 20 else 0
@@ -427,9 +440,10 @@ class ConcreteGMVAE:
         cfg = dict(meta["config"])
         cfg["hidden"] = tuple(cfg["hidden"])
         cfg["device"] = device
-        model = cls(**{k: v for k, v in cfg.items() if k in _CONFIG_KEYS})
+        # artifacts written before prior_covariance existed have diagonal priors, whatever today's default
+        model = cls(**{"prior_covariance": "diagonal", **{k: v for k, v in cfg.items() if k in _CONFIG_KEYS}})
         pre = TablePreprocessor.from_dict(meta["preprocessing"])
-        net = GMVAENetwork(pre.layout, int(model.n_segments), int(model.latent_dim), model.hidden)
+        net = model.new_network(pre.layout)
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:

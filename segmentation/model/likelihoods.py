@@ -62,3 +62,38 @@ def kl_categorical(logits_q: torch.Tensor, log_prior: torch.Tensor) -> torch.Ten
     """KL(q(y|x) || p(y)) in closed form, summed over the K categories."""
     logq = torch.log_softmax(logits_q, dim=-1)
     return torch.sum(torch.exp(logq) * (logq - log_prior), dim=-1)
+
+
+def _prior_factor(logvar_p: torch.Tensor, tril_p: torch.Tensor) -> torch.Tensor:
+    """The Cholesky factor diag(exp(logvar_p / 2)) + strictly-lower(tril_p) of a full covariance."""
+    return torch.diag_embed(torch.exp(0.5 * logvar_p)) + torch.tril(tril_p, diagonal=-1)
+
+
+def kl_gaussian_full(mean_q: torch.Tensor, logvar_q: torch.Tensor, mean_p: torch.Tensor, logvar_p: torch.Tensor,
+                     tril_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_q, diag var_q) || N(mean_p, S S^T)) with S = ``_prior_factor(logvar_p, tril_p)``.
+
+    ``logvar_p`` is the log of S's squared diagonal, so with ``tril_p`` = 0 this is ``kl_gaussians``.
+    Shapes broadcast over the leading dimensions: means [..., L], ``tril_p`` [..., L, L]. Computed
+    in float32 (triangular solves have no bf16 kernel on CPU).
+    """
+    mq, lvq, mp, lvp, t = (a.float() for a in (mean_q, logvar_q, mean_p, logvar_p, tril_p))
+    S = _prior_factor(lvp, t)
+    rhs = torch.cat([torch.diag_embed(torch.exp(0.5 * lvq)), (mq - mp).unsqueeze(-1)], dim=-1)
+    batch = torch.broadcast_shapes(S.shape[:-2], rhs.shape[:-2])
+    L = S.shape[-1]
+    sol = torch.linalg.solve_triangular(S.expand(*batch, L, L), rhs.expand(*batch, L, L + 1), upper=False)
+    # tr(Sigma^-1 diag var_q) + Mahalanobis distance of the means, both as squared norms of S^-1 (.)
+    quad = sol.pow(2).sum((-2, -1))
+    return 0.5 * (quad - L + lvp.sum(-1) - lvq.sum(-1))
+
+
+def gaussian_full_log_prob(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, tril: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, S S^T) summed over the last dimension, S = ``_prior_factor(logvar, tril)``."""
+    xf, m, lv, t = (a.float() for a in (x, mean, logvar, tril))
+    S = _prior_factor(lv, t)
+    d = (xf - m).unsqueeze(-1)
+    batch = torch.broadcast_shapes(S.shape[:-2], d.shape[:-2])
+    L = S.shape[-1]
+    sol = torch.linalg.solve_triangular(S.expand(*batch, L, L), d.expand(*batch, L, 1), upper=False).squeeze(-1)
+    return -0.5 * (sol.pow(2).sum(-1) + lv.sum(-1) + xf.shape[-1] * LOG_2PI)

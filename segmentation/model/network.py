@@ -1,6 +1,7 @@
 """The GMVAE network and its two training estimators.
 
-Generative model:  p(y) = Cat(1/K),  p(z|y) = N(mu_y, diag sigma_y^2),  p(x|z) = one head per type.
+Generative model:  p(y) = Cat(1/K),  p(z|y) = N(mu_y, Sigma_y),  p(x|z) = one head per type.
+                   Sigma_y is diagonal, or full (``prior_covariance="full"``: a Cholesky factor per component).
 Inference model:   q(y|x) = Cat(softmax(f(x))),  q(z|x,y) = N(m(x,y), diag s(x,y)^2).
 
 The cluster variable y enters the network only through two small linear maps: the y-input layer of
@@ -22,6 +23,8 @@ from segmentation.model.likelihoods import (
     categorical_log_prob,
     gaussian_log_prob,
     kl_categorical,
+    gaussian_full_log_prob,
+    kl_gaussian_full,
     kl_gaussians,
     negative_binomial_log_prob,
 )
@@ -68,10 +71,14 @@ class LossTerms:
 
 
 class GMVAENetwork(nn.Module):
-    def __init__(self, layout: Layout, n_segments: int, latent_dim: int = 10, hidden: tuple[int, ...] = (256, 128)):
+    def __init__(self, layout: Layout, n_segments: int, latent_dim: int = 10, hidden: tuple[int, ...] = (256, 128),
+                 prior_covariance: str = "diagonal"):
         super().__init__()
         if n_segments < 2:
             raise ValueError("n_segments must be at least 2")
+        if prior_covariance not in ("diagonal", "full"):
+            raise ValueError(f"prior_covariance must be 'diagonal' or 'full', not {prior_covariance!r}")
+        self.prior_covariance = prior_covariance
         self.layout = layout
         self.K = int(n_segments)
         self.latent_dim = int(latent_dim)
@@ -87,6 +94,14 @@ class GMVAENetwork(nn.Module):
         # p(z|y): one Gaussian per component, spread out at init so components start distinct
         self.prior_mean = nn.Parameter(torch.randn(self.K, self.latent_dim))
         self.prior_logvar = nn.Parameter(torch.zeros(self.K, self.latent_dim))
+        if prior_covariance == "full":
+            # the strictly lower triangle of each component's Cholesky factor (its diagonal is
+            # exp(prior_logvar / 2)); zero at init, so a full prior starts as the diagonal one.
+            # Why full: the latent clusters are tilted ellipsoids; a diagonal p(z|y) assigns z to the
+            # nearest component in a per-axis metric and, through KL(q(z|x,y) || p(z|y)), pulls q(y|x)
+            # towards that partition (MNIST: 0.72 Hungarian accuracy against 0.79 for the same
+            # components with their full covariances)
+            self.prior_tril = nn.Parameter(torch.zeros(self.K, self.latent_dim, self.latent_dim))
         # p(x|z): shared trunk, one output slice per head
         self.decoder = _mlp([self.latent_dim, *reversed(hidden)])
         L = layout
@@ -114,6 +129,34 @@ class GMVAENetwork(nn.Module):
         if y is None:
             return pm, plv
         return y @ pm, y @ plv
+
+    def prior_tril_for(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """The strictly lower Cholesky entries of p(z|y) ([B, L, L], or [K, L, L] for y None); None
+        for a diagonal prior. A relaxed y mixes the components' factors as it mixes their means."""
+        if self.prior_covariance != "full":
+            return None
+        if y is None:
+            return self.prior_tril
+        return (y @ self.prior_tril.flatten(1)).view(y.shape[0], self.latent_dim, self.latent_dim)
+
+    def kl_z(self, zm: torch.Tensor, zlv: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """KL(q(z|x,y) || p(z|y)): [B] for a [B, K] y, [B, K] for every component (y None)."""
+        pm, plv = self.prior_params(y)
+        tril = self.prior_tril_for(y)
+        if y is None:
+            pm, plv = pm.unsqueeze(0), plv.unsqueeze(0)
+            tril = None if tril is None else tril.unsqueeze(0)
+        if tril is None:
+            return kl_gaussians(zm, zlv, pm, plv)
+        return kl_gaussian_full(zm, zlv, pm, plv, tril).to(zm.dtype)
+
+    def log_prior_z_k(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z|k) for every component: z [B, L] -> [B, K]."""
+        pm, plv = self.prior_params(None)
+        tril = self.prior_tril_for(None)
+        if tril is None:
+            return gaussian_log_prob(z.unsqueeze(1), pm, plv).sum(-1)
+        return gaussian_full_log_prob(z.unsqueeze(1), pm, plv, tril)
 
     def log_prior_y(self) -> torch.Tensor:
         return torch.full((self.K,), -math.log(self.K), device=self.prior_mean.device)
@@ -159,9 +202,8 @@ class GMVAENetwork(nn.Module):
             y = torch.softmax(logits / tau, dim=-1)
         zm, zlv = self.z_params(h, y)
         z = zm + torch.exp(0.5 * zlv) * torch.randn_like(zm) if sample else zm
-        pm, plv = self.prior_params(y)
         rec = self.decode_log_lik(z, batch)
-        kl_z = kl_gaussians(zm, zlv, pm, plv)
+        kl_z = self.kl_z(zm, zlv, y)
         kl_y = kl_categorical(logits, self.log_prior_y())
         neg_elbo = -(rec - kl_z - kl_y)
         loss = -(rec - kl_z - kl_weight * kl_y).mean()
@@ -173,9 +215,8 @@ class GMVAENetwork(nn.Module):
         qy = torch.softmax(logits, dim=-1)                      # [B, K]
         zm, zlv = self.z_params(h, None)                        # [B, K, L]
         z = zm + torch.exp(0.5 * zlv) * torch.randn_like(zm) if sample else zm
-        pm, plv = self.prior_params(None)                       # [K, L]
         rec_k = self.decode_log_lik(z, batch)                   # [B, K]
-        kl_z_k = kl_gaussians(zm, zlv, pm.unsqueeze(0), plv.unsqueeze(0))  # [B, K]
+        kl_z_k = self.kl_z(zm, zlv, None)                       # [B, K]
         rec = (qy * rec_k).sum(-1)
         kl_z = (qy * kl_z_k).sum(-1)
         kl_y = kl_categorical(logits, self.log_prior_y())
@@ -194,7 +235,6 @@ class GMVAENetwork(nn.Module):
         h, logits = self.encode(batch["x"])
         logq_y = torch.log_softmax(logits, -1)                       # [B, K]
         zm_all, zlv_all = self.z_params(h, None)                     # [B, K, L]
-        pm, plv = self.prior_params(None)                            # [K, L]
         B = h.shape[0]
         estimates = []
         for _ in range(n_samples):
@@ -206,7 +246,7 @@ class GMVAENetwork(nn.Module):
                 logq_y + gaussian_log_prob(z.unsqueeze(1), zm_all, zlv_all).sum(-1), dim=-1
             )
             log_pz = torch.logsumexp(
-                self.log_prior_y().unsqueeze(0) + gaussian_log_prob(z.unsqueeze(1), pm, plv).sum(-1), dim=-1
+                self.log_prior_y().unsqueeze(0) + self.log_prior_z_k(z), dim=-1
             )
             estimates.append(self.decode_log_lik(z, batch) + log_pz - log_qz)
         stacked = torch.stack(estimates, 0)
