@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-dim", type=int, default=DEFAULTS["latent_dim"])
     p.add_argument("--validation-fraction", type=float, default=0.0,
                    help="share held out for early stopping inside fit (default 0: every row is trained on)")
+    p.add_argument("--prior-covariance", choices=("diagonal", "full"), default=DEFAULTS["prior_covariance"],
+                   help="shape of p(z|y), as in mnist_gmvae.py (default %(default)s: the accuracy run's)")
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--n-train", type=int, default=8000)
     p.add_argument("--flops-only", action="store_true", help="skip the timed fits")
@@ -82,7 +84,7 @@ def count_flops(pre, train_df, k: int, estimator: str, args) -> dict[str, int]:
 
     torch.manual_seed(0)
     batch = pre.transform(train_df.iloc[: args.batch_size])
-    net = GMVAENetwork(pre.layout, k, args.latent_dim, tuple(args.hidden))
+    net = GMVAENetwork(pre.layout, k, args.latent_dim, tuple(args.hidden), prior_covariance=args.prior_covariance)
     net.train()
     with FlopCounterMode(display=False) as fwd:
         terms = compute_loss(net, estimator, batch, tau=1.0, kl_weight=1.0)
@@ -100,7 +102,7 @@ def time_fit(train_df, k: int, estimator: str, args) -> dict[str, Any]:
         n_segments=k, latent_dim=args.latent_dim, hidden=tuple(args.hidden), estimator=estimator,
         epochs=args.epochs, batch_size=args.batch_size, patience=10**6, kl_anneal_epochs=0,
         validation_fraction=args.validation_fraction, seed=args.seed, device="cpu", n_threads=args.threads,
-        progress=False,
+        progress=False, prior_covariance=args.prior_covariance,
     )
     t0 = time.perf_counter()
     model.fit(train_df, feature_types=binary_types(train_df))
@@ -204,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             "config": {"ks": args.ks, "estimators": args.estimators, "epochs": args.epochs, "warmup_epochs": 1,
                        "batch_size": args.batch_size, "hidden": args.hidden, "latent_dim": args.latent_dim,
                        "validation_fraction": args.validation_fraction, "seed": args.seed,
+                       "prior_covariance": args.prior_covariance,
                        "statistic": "median over the epochs after the first"},
             "data": data_info,
             "machine": machine,

@@ -352,11 +352,14 @@ def section_quality(page: Page, res: Path, targets: dict[str, Any]) -> None:
             if init == "pretrain":
                 cfg = mn.get("config") or {}
                 start = cfg.get("start_clusters", "kmeans")
-                start_words = ("the consensus of 10 full-covariance mixtures" if start == "gmm" else "k-means")
+                fits = "20" if cfg.get("prior_covariance") else "10"  # runs before the full prior used 10 fits
+                start_words = (f"the consensus of {fits} full-covariance mixtures" if start == "gmm" else "k-means")
+                prior = cfg.get("prior_covariance", "diagonal")
                 why = (f"Measured with the data-driven start (init='pretrain': {cfg.get('pretrain_epochs')} epochs of "
                        f"an autoencoder with {100 * float(cfg.get('pretrain_noise') or 0):.0f}% of the pixels masked, "
                        f"then {start_words} on its latent means; encoder {cfg.get('hidden')}; learning rate "
-                       f"{cfg.get('finetune_learning_rate') or cfg.get('learning_rate')} after the start; git {commit}). "
+                       f"{cfg.get('finetune_learning_rate') or cfg.get('learning_rate')} after the start; "
+                       f"{prior} covariance for each segment's p(z|y); git {commit}). "
                        "benchmarks/README.md ('A denoising start and a mixture consensus') has the seed-level experiments behind "
                        "it: the final accuracy follows the start's within a few points, and the start is limited "
                        "by how well 8,000 binarised digits (../shared/data holds the 10,000-image MNIST test file, "

@@ -151,6 +151,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         patience=args.patience, seed=args.seed, device=args.device, n_threads=args.threads,
         init=args.init, pretrain_epochs=args.pretrain_epochs, pretrain_noise=args.pretrain_noise,
         start_clusters=args.start_clusters, finetune_learning_rate=args.finetune_lr,
+        prior_covariance=args.prior_covariance,
     )
     model.fit(df, feature_types=types, table_name=Path(args.data).name)
     model.save(args.out)
@@ -307,11 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of the input entries the autoencoder sees masked to 0, in [0, 1) (default 0.2; "
                         "0 turns the denoising off)")
     p.add_argument("--start-clusters", choices=["gmm", "kmeans"], default="gmm",
-                   help="how --init pretrain places the components: 'gmm' (default), the most typical of 10 "
+                   help="how --init pretrain places the components: 'gmm' (default), the consensus of 20 "
                         "full-covariance Gaussian mixtures, or 'kmeans'")
     p.add_argument("--finetune-lr", type=_positive, default=None,
                    help="Adam learning rate of the GMVAE training after --init pretrain (default: --lr). A "
                         "smaller one (e.g. 1e-4) refines the start instead of reshuffling it, in more epochs")
+    p.add_argument("--prior-covariance", choices=["diagonal", "full"], default="diagonal",
+                   help="shape of each segment's Gaussian in the latent space: 'diagonal' (default) or 'full' "
+                        "(a covariance matrix per segment, started at its start cluster's: segments shaped like "
+                        "tilted ellipsoids keep the shape the start found; benchmarks/RESULTS.md has the MNIST figures)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data, same model (default 0)")
     p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--threads", type=_at_least_one, default=1, help="CPU threads for torch (default 1: fastest for these small networks)")

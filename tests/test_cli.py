@@ -105,11 +105,12 @@ def fitted(planted_csv: Path) -> Path:
     out = planted_csv.parent / "model"
     proc = segment("fit", str(planted_csv), "--k", "3", "--out", str(out), "--exclude", "customer_id",
                    "--type", "spend=money,visits=count", "--epochs", "15", "--threads", "1", "--pretrain-epochs", "5",
-                   "--finetune-lr", "5e-4", cwd=planted_csv.parent)
+                   "--finetune-lr", "5e-4", "--prior-covariance", "full", cwd=planted_csv.parent)
     assert proc.returncode == 0, _out(proc)
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["config"]["init"] == "pretrain" and meta["config"]["pretrain_epochs"] == 5
     assert meta["config"]["finetune_learning_rate"] == 5e-4 and meta["config"]["start_clusters"] == "gmm"
+    assert meta["config"]["prior_covariance"] == "full"
     assert meta["metrics"]["init"]["pretrain_epochs"] == 5 and meta["metrics"]["init"]["start"] == "gmm-consensus"
     assert "model saved to" in proc.stdout and "spend=money" in proc.stdout and "visits=count" in proc.stdout
     assert (out / "weights.safetensors").is_file() and (out / "metadata.json").is_file()
@@ -178,6 +179,7 @@ def test_unknown_id_column_is_a_clear_error(fitted: Path, planted_csv: Path, tmp
     (("fit", "DATA", "--k", "3", "--out", "m", "--finetune-lr", "0"), "argument --finetune-lr: 0.0 is not above 0"),
     (("fit", "DATA", "--k", "3", "--out", "m", "--finetune-lr", "nan"), "argument --finetune-lr: 'nan' is not a finite"),
     (("fit", "DATA", "--k", "3", "--out", "m", "--start-clusters", "dbscan"), "argument --start-clusters: invalid choice"),
+    (("fit", "DATA", "--k", "3", "--out", "m", "--prior-covariance", "tied"), "argument --prior-covariance: invalid choice"),
     (("assign", "m", "DATA", "--out", "o.xlsx"), "argument --out: 'o.xlsx': the output must end in .parquet"),
 ])
 def test_bad_option_values_are_named_before_any_work(args: tuple[str, ...], problem: str, planted_csv: Path,

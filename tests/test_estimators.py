@@ -10,7 +10,7 @@ from segmentation.model.preprocessing import TablePreprocessor
 from segmentation.model.likelihoods import kl_categorical, kl_gaussians
 
 
-def _tiny(K=3, n=16, seed=0):
+def _tiny(K=3, n=16, seed=0, prior_covariance="diagonal"):
     rng = np.random.default_rng(seed)
     df = pd.DataFrame({
         "amount": np.exp(rng.normal(2, 1, n)),
@@ -24,15 +24,30 @@ def _tiny(K=3, n=16, seed=0):
     types = {"amount": "money", "visits": "count", "score": "continuous", "flag": "binary", "tier": "categorical"}
     pre = TablePreprocessor(types, min_level_count=1).fit(df)
     torch.manual_seed(seed)
-    net = GMVAENetwork(pre.layout, K, latent_dim=2, hidden=(8, 6))
+    net = GMVAENetwork(pre.layout, K, latent_dim=2, hidden=(8, 6), prior_covariance=prior_covariance)
+    if prior_covariance == "full":
+        with torch.no_grad():  # tilted components: a prior that is not diagonal
+            net.prior_tril.copy_(0.8 * torch.randn_like(net.prior_tril))
     return net, pre.transform(df)
 
 
+def _prior_kl(net, zm, zlv, k):
+    """KL(q(z|x,k) || p(z|k)) through torch.distributions, whatever the prior's covariance."""
+    D = torch.distributions
+    pm, plv = net.prior_params(None)
+    scale = torch.diag_embed(torch.exp(0.5 * plv[k]))
+    if net.prior_covariance == "full":
+        scale = scale + torch.tril(net.prior_tril[k], -1)
+    q = D.MultivariateNormal(zm, scale_tril=torch.diag_embed(torch.exp(0.5 * zlv)))
+    return D.kl_divergence(q, D.MultivariateNormal(pm[k], scale_tril=scale))
+
+
+@pytest.mark.parametrize("prior_covariance", ["diagonal", "full"])
 @torch.no_grad()
-def test_exact_equals_explicit_marginalisation_over_y():
+def test_exact_equals_explicit_marginalisation_over_y(prior_covariance):
     """sum_k q(k|x) [log p(x|z_k) - KL(q(z|x,k)||p(z|k))] - KL(q(y|x)||p(y)), evaluated one y at a time."""
     K = 4
-    net, batch = _tiny(K)
+    net, batch = _tiny(K, prior_covariance=prior_covariance)
     terms = net.loss_exact(batch, kl_weight=1.0, sample=False)
     h, logits = net.encode(batch["x"])
     qy = torch.softmax(logits, -1)
@@ -40,26 +55,27 @@ def test_exact_equals_explicit_marginalisation_over_y():
     for k in range(K):
         onehot = torch.nn.functional.one_hot(torch.full((batch["x"].shape[0],), k), K).float()
         zm, zlv = net.z_params(h, onehot)
-        pm, plv = net.prior_params(onehot)
-        branch = net.decode_log_lik(zm, batch) - kl_gaussians(zm, zlv, pm, plv)
+        branch = net.decode_log_lik(zm, batch) - _prior_kl(net, zm, zlv, k)
         total += qy[:, k] * branch
     total -= kl_categorical(logits, torch.full((K,), -np.log(K)))
     assert torch.allclose(-terms.neg_elbo, total, atol=1e-4)
 
 
+@pytest.mark.parametrize("prior_covariance", ["diagonal", "full"])
 @torch.no_grad()
-def test_concrete_at_one_hot_limit_matches_exact_branch():
+def test_concrete_at_one_hot_limit_matches_exact_branch(prior_covariance):
     """At a near-zero temperature the relaxed y is one-hot on argmax q(y|x): the concrete terms equal
     the exact estimator's branch for that component."""
     K = 3
-    net, batch = _tiny(K)
+    net, batch = _tiny(K, prior_covariance=prior_covariance)
     conc = net.loss_concrete(batch, tau=1e-4, kl_weight=1.0, sample=False)
     h, logits = net.encode(batch["x"])
     onehot = torch.nn.functional.one_hot(logits.argmax(-1), K).float()
     zm, zlv = net.z_params(h, onehot)
-    pm, plv = net.prior_params(onehot)
     assert torch.allclose(conc.rec, net.decode_log_lik(zm, batch), atol=1e-4)
-    assert torch.allclose(conc.kl_z, kl_gaussians(zm, zlv, pm, plv), atol=1e-4)
+    pick = logits.argmax(-1)
+    expected = torch.stack([_prior_kl(net, zm[i], zlv[i], int(pick[i])) for i in range(len(pick))])
+    assert torch.allclose(conc.kl_z, expected, atol=1e-4)
 
 
 def test_missing_entries_do_not_change_the_likelihood():
@@ -75,11 +91,12 @@ def test_missing_entries_do_not_change_the_likelihood():
     assert torch.allclose(before, net.decode_log_lik(z, b2))
 
 
-def _step_flops(estimator: str, K: int, n_inputs: int = 64, hidden=(128, 64), latent: int = 8, n: int = 64) -> int:
+def _step_flops(estimator: str, K: int, n_inputs: int = 64, hidden=(128, 64), latent: int = 8, n: int = 64,
+                prior_covariance: str = "diagonal") -> int:
     rng = np.random.default_rng(0)
     df = pd.DataFrame({f"p{i}": rng.integers(0, 2, n) for i in range(n_inputs)})
     pre = TablePreprocessor({c: "binary" for c in df.columns}, min_level_count=1).fit(df)
-    net = GMVAENetwork(pre.layout, K, latent_dim=latent, hidden=hidden)
+    net = GMVAENetwork(pre.layout, K, latent_dim=latent, hidden=hidden, prior_covariance=prior_covariance)
     batch = pre.transform(df)
     with FlopCounterMode(display=False) as counter:
         if estimator == "concrete":
@@ -99,6 +116,10 @@ def test_concrete_step_flops_grow_only_through_the_small_y_layers():
     per_k = 3 * 2 * B * (H + H + 2 * L)
     assert conc[20] - conc[2] == pytest.approx(per_k * 18, rel=0.01)
     assert conc[200] - conc[2] == pytest.approx(per_k * 198, rel=0.01)
+    # a full-covariance prior adds one more: the mixed Cholesky factor y @ (K x L*L); the triangular
+    # solves of its KL are [B, L, L] whatever K is
+    full = {K: _step_flops("concrete", K, prior_covariance="full") for K in (2, 200)}
+    assert full[200] - full[2] == pytest.approx(3 * 2 * B * (H + H + 2 * L + L * L) * 198, rel=0.01)
 
 
 def test_concrete_flat_in_k_at_realistic_width_while_exact_is_linear():
@@ -106,6 +127,8 @@ def test_concrete_flat_in_k_at_realistic_width_while_exact_is_linear():
     conc2, conc200 = _step_flops("concrete", 2, **shape), _step_flops("concrete", 200, **shape)
     ex2, ex20 = _step_flops("exact", 2, **shape), _step_flops("exact", 20, **shape)
     assert conc200 / conc2 < 1.2, (conc2, conc200)
+    full2 = _step_flops("concrete", 2, prior_covariance="full", **shape)
+    assert _step_flops("concrete", 200, prior_covariance="full", **shape) / full2 < 1.2
     assert ex20 / ex2 > 5, (ex2, ex20)
     assert ex20 / _step_flops("concrete", 20, **shape) > 5
 

@@ -69,31 +69,46 @@ def _prior_factor(logvar_p: torch.Tensor, tril_p: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(torch.exp(0.5 * logvar_p)) + torch.tril(tril_p, diagonal=-1)
 
 
+def _inverse_factor(logvar_p: torch.Tensor, tril_p: torch.Tensor) -> torch.Tensor:
+    """S^-1 for S = ``_prior_factor``, over the prior's own leading dimensions only ([K, L, L] for the
+    K components, [B, L, L] for one mixed prior per row): never one inverse per (row, component)."""
+    S = _prior_factor(logvar_p, tril_p)
+    while S.dim() > 3 and S.shape[0] == 1:  # [1, K, L, L] (broadcast against [B, K, L]): drop the 1s
+        S = S[0]
+    eye = torch.eye(S.shape[-1], dtype=S.dtype, device=S.device).expand_as(S)
+    return torch.linalg.solve_triangular(S, eye, upper=False)
+
+
+def _whiten(inv: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """S^-1 d for d [..., L]. Rows against every component ([K, L, L] with d [B, K, L]) contract as
+    one batched product over the components, holding [B, K, L] and not [B, K, L, L]."""
+    if inv.dim() == 3 and d.dim() == 3 and inv.shape[0] == d.shape[1]:
+        return torch.einsum("kij,bkj->bki", inv, d)
+    return (inv @ d.unsqueeze(-1)).squeeze(-1)
+
+
 def kl_gaussian_full(mean_q: torch.Tensor, logvar_q: torch.Tensor, mean_p: torch.Tensor, logvar_p: torch.Tensor,
                      tril_p: torch.Tensor) -> torch.Tensor:
     """KL(N(mean_q, diag var_q) || N(mean_p, S S^T)) with S = ``_prior_factor(logvar_p, tril_p)``.
 
     ``logvar_p`` is the log of S's squared diagonal, so with ``tril_p`` = 0 this is ``kl_gaussians``.
-    Shapes broadcast over the leading dimensions: means [..., L], ``tril_p`` [..., L, L]. Computed
-    in float32 (triangular solves have no bf16 kernel on CPU).
+    Means [..., L] broadcast; ``tril_p`` is [K, L, L] or [1, K, L, L] (every component; means
+    [B, K, L]) or [B, L, L] (one prior per row; means [B, L]). Computed in float32 (triangular
+    solves have no bf16 kernel on CPU).
     """
     mq, lvq, mp, lvp, t = (a.float() for a in (mean_q, logvar_q, mean_p, logvar_p, tril_p))
-    S = _prior_factor(lvp, t)
-    rhs = torch.cat([torch.diag_embed(torch.exp(0.5 * lvq)), (mq - mp).unsqueeze(-1)], dim=-1)
-    batch = torch.broadcast_shapes(S.shape[:-2], rhs.shape[:-2])
-    L = S.shape[-1]
-    sol = torch.linalg.solve_triangular(S.expand(*batch, L, L), rhs.expand(*batch, L, L + 1), upper=False)
-    # tr(Sigma^-1 diag var_q) + Mahalanobis distance of the means, both as squared norms of S^-1 (.)
-    quad = sol.pow(2).sum((-2, -1))
-    return 0.5 * (quad - L + lvp.sum(-1) - lvq.sum(-1))
+    inv = _inverse_factor(lvp, t)
+    # tr(Sigma^-1 diag var_q) = sum_j var_q[j] * sum_i inv[i, j]^2; the Mahalanobis term |S^-1 d|^2
+    col_sq = inv.pow(2).sum(-2)
+    trace = (torch.exp(lvq) * col_sq).sum(-1)
+    quad = _whiten(inv, mq - mp).pow(2).sum(-1)
+    return 0.5 * (trace + quad - mq.shape[-1] + lvp.sum(-1) - lvq.sum(-1))
 
 
 def gaussian_full_log_prob(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, tril: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, S S^T) summed over the last dimension, S = ``_prior_factor(logvar, tril)``."""
+    """log N(x; mean, S S^T) summed over the last dimension, S = ``_prior_factor(logvar, tril)``;
+    shapes as in ``kl_gaussian_full``."""
     xf, m, lv, t = (a.float() for a in (x, mean, logvar, tril))
-    S = _prior_factor(lv, t)
-    d = (xf - m).unsqueeze(-1)
-    batch = torch.broadcast_shapes(S.shape[:-2], d.shape[:-2])
-    L = S.shape[-1]
-    sol = torch.linalg.solve_triangular(S.expand(*batch, L, L), d.expand(*batch, L, 1), upper=False).squeeze(-1)
-    return -0.5 * (sol.pow(2).sum(-1) + lv.sum(-1) + xf.shape[-1] * LOG_2PI)
+    d = xf - m
+    sol = _whiten(_inverse_factor(lv, t), d)
+    return -0.5 * (sol.pow(2).sum(-1) + lv.sum(-1) + d.shape[-1] * LOG_2PI)
