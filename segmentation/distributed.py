@@ -355,6 +355,7 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
             config = model.get_params()
             config["hidden"] = list(model.hidden)
             if refresh:
+                model.check_refresh_shape()
                 pre = model.preprocessor_
                 columns = list(pre.feature_types)
             else:

@@ -5,6 +5,7 @@ accuracy follows the start's within a few points), so how it clusters the latent
 records and which learning rates each phase uses are checked here on data where the answer is known.
 """
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -165,6 +166,41 @@ def test_full_covariance_start_keeps_the_first_kl_small():
     full = ConcreteGMVAE(n_segments=4, seed=0, prior_covariance="full", **kw).fit(df, FEATURE_TYPES)
     diagonal = ConcreteGMVAE(n_segments=4, seed=0, **kw).fit(df, FEATURE_TYPES)
     assert full.history_[0]["kl_z"] < 2 * diagonal.history_[0]["kl_z"], (full.history_[0], diagonal.history_[0])
+
+
+@pytest.mark.parametrize("change", [
+    dict(prior_covariance="full"), dict(latent_dim=6), dict(hidden=(32, 16)), dict(n_segments=4),
+])
+def test_a_refresh_refuses_to_change_the_networks_shape(tmp_path, change):
+    """warm_start continues the fitted weights: changing a setting that shapes the network used to
+    train the old shape and save metadata describing the new one, an artifact that then refused to
+    load. Now the refresh says what to do, and the saved model is untouched."""
+    df, _ = planted_customers(n=500, k=3, seed=8, missing=0.0)
+    m = ConcreteGMVAE(n_segments=3, seed=0, **FAST).fit(df, FEATURE_TYPES)
+    before = m.predict(df)
+    name = next(iter(change))
+    with pytest.raises(ValueError, match=f"warm_start refresh cannot change {name} .*warm_start=False"):
+        m.set_params(warm_start=True, **change).fit(df, FEATURE_TYPES)
+    m.set_params(warm_start=False).fit(df, FEATURE_TYPES)  # from scratch: the new shape is fine
+    assert m.network_.latent_dim == m.latent_dim and m.network_.prior_covariance == m.prior_covariance
+    m.save(tmp_path / "m")
+    np.testing.assert_array_equal(ConcreteGMVAE.load(tmp_path / "m").predict(df), m.predict(df))
+    assert before.shape == m.predict(df).shape
+
+
+@pytest.mark.parametrize("value", ["Full", None, 1])
+def test_an_artifact_with_a_bad_prior_covariance_is_corrupt(tmp_path, value):
+    from segmentation.model.artifact import ArtifactError
+
+    df, _ = planted_customers(n=400, k=3, seed=9, missing=0.0)
+    ConcreteGMVAE(n_segments=3, seed=0, **FAST).fit(df, FEATURE_TYPES).save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"]["prior_covariance"] = value
+    meta_path.write_text(json.dumps(meta))
+    expected = f"bad model setting (prior_covariance must be 'diagonal' or 'full', not {value!r}); the artifact is corrupt"
+    with pytest.raises(ArtifactError, match=re.escape(expected)):
+        ConcreteGMVAE.load(tmp_path / "m")
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -119,7 +119,7 @@ class ConcreteGMVAE:
     pretrain_noise: share of the input entries masked to 0 in each pretraining step (0 turns the
         denoising off).
     start_clusters: how the start places the K components in the latent space: ``"gmm"`` (default;
-        the most typical of 10 full-covariance Gaussian mixtures) or ``"kmeans"``.
+        the consensus of 20 full-covariance Gaussian mixtures) or ``"kmeans"``.
     finetune_learning_rate: Adam learning rate of the GMVAE training that follows the data-driven
         start (None: ``learning_rate``, which the autoencoder always uses). A smaller one refines the
         start instead of reshuffling it (MNIST: 1e-4 gives a better held-out ELBO than 1e-3, in
@@ -127,7 +127,7 @@ class ConcreteGMVAE:
     prior_covariance: ``"diagonal"`` (default) or ``"full"``: the shape of each segment's Gaussian
         p(z|y) in the latent space. ``"full"`` adds a Cholesky factor per segment (K x L x L
         parameters), starts each segment with its own cluster's covariance, and keeps the start's
-        partition through training (MNIST: see benchmarks/README.md).
+        partition through training (MNIST: benchmarks/RESULTS.md and benchmarks/README.md).
     """
 
     def __init__(
@@ -236,7 +236,24 @@ class ConcreteGMVAE:
     def new_network(self, layout) -> GMVAENetwork:
         """A fresh network for this configuration (fit, load and the distributed fit all build it here)."""
         return GMVAENetwork(layout, int(self.n_segments), int(self.latent_dim), self.hidden,
-                            prior_covariance=str(self.prior_covariance))
+                            prior_covariance=self.prior_covariance)
+
+    def check_refresh_shape(self) -> None:
+        """A warm-started refresh continues the fitted network, so it cannot change the settings
+        that shape it: say so instead of training the old shape and saving metadata that no longer
+        matches the weights (an artifact that would then refuse to load)."""
+        net = self.network_
+        fitted = {
+            "n_segments": net.K, "latent_dim": net.latent_dim, "prior_covariance": net.prior_covariance,
+            "hidden": tuple(m.out_features for m in net.encoder if isinstance(m, torch.nn.Linear)),
+        }
+        for name, was in fitted.items():
+            now = tuple(self.hidden) if name == "hidden" else getattr(self, name)
+            if now != was:
+                raise ValueError(
+                    f"warm_start refresh cannot change {name} (fitted with {was!r}, now {now!r}): the network "
+                    f"keeps its shape. Set {name} back, or fit from scratch with warm_start=False"
+                )
 
     @property
     def is_fitted(self) -> bool:
@@ -288,6 +305,7 @@ class ConcreteGMVAE:
         df = _as_frame(X)
         refresh = bool(self.warm_start) and self.is_fitted
         if refresh:
+            self.check_refresh_shape()
             pre = self.preprocessor_
         else:
             if feature_types is None:
@@ -443,7 +461,11 @@ class ConcreteGMVAE:
         # artifacts written before prior_covariance existed have diagonal priors, whatever today's default
         model = cls(**{"prior_covariance": "diagonal", **{k: v for k, v in cfg.items() if k in _CONFIG_KEYS}})
         pre = TablePreprocessor.from_dict(meta["preprocessing"])
-        net = model.new_network(pre.layout)
+        try:
+            model._check_config()
+            net = model.new_network(pre.layout)
+        except ValueError as exc:
+            raise artifact.ArtifactError(f"{path}: metadata.json has a bad model setting ({exc}); the artifact is corrupt") from exc
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
