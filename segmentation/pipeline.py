@@ -284,6 +284,18 @@ def _model_settings(spec: Spec, run: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def _shape_changes(model, settings: dict[str, Any]) -> str:
+    """The settings of the spec that shape the network and differ from ``model``'s ("" when none)."""
+    changed = []
+    for key in ("latent_dim", "hidden", "prior_covariance"):
+        if key in settings:
+            was = tuple(model.hidden) if key == "hidden" else getattr(model, key)
+            now = tuple(settings[key]) if key == "hidden" else settings[key]
+            if now != was:
+                changed.append(f"{key} {was!r} -> {now!r}")
+    return ", ".join(changed)
+
+
 def _held_out(model, df):
     """The rows of ``df`` the fit held out for early stopping (``validation_rows_``), or all of ``df``
     when it held out too few to judge by (a tiny table, validation_fraction 0, a DDP fit)."""
@@ -405,6 +417,9 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
             reason, base_model = f"n_segments changed ({base_model.n_segments} -> {run['n_segments']})", None
         elif set(base_model.feature_types_.items()) != set(spec.feature_types.items()):
             reason, base_model = "the feature spec changed", None
+        elif _shape_changes(base_model, settings):
+            # a refresh keeps the network's shape: a spec that changes it needs a model from scratch
+            reason, base_model = f"model settings changed ({_shape_changes(base_model, settings)})", None
         elif last_retrain and (run_date - last_retrain).days >= RETRAIN_EVERY_DAYS:
             reason, base_model = f"weekly retrain (last retrain {last_retrain})", None
         else:

@@ -832,3 +832,18 @@ def test_the_gate_judges_on_the_rows_the_fit_held_out(tmp_path: Path) -> None:
     assert math.isfinite(run_meta["production_heldout_score"])  # production judged on the same rows
     first_meta = store.model_metadata(first["training"]["model_version"])["run"]
     assert first_meta["production_heldout_score"] is None        # nothing to compare with on a first night
+
+
+def test_a_spec_that_reshapes_the_network_is_a_retrain_not_a_refresh():
+    """A nightly refresh continues the production network, whose shape it cannot change: a spec whose
+    latent_dim, hidden or prior_covariance differ from production's must retrain from scratch (it
+    used to be ignored until the weekly retrain)."""
+    from segmentation import ConcreteGMVAE
+    from segmentation.pipeline import _shape_changes
+
+    prod = ConcreteGMVAE(latent_dim=10, hidden=(256, 128))
+    assert _shape_changes(prod, {"latent_dim": 10, "hidden": (256, 128), "epochs": 5}) == ""
+    assert _shape_changes(prod, {}) == ""  # the spec says nothing: production's shape stands
+    assert _shape_changes(prod, {"prior_covariance": "full", "hidden": (64, 32)}) == \
+        "hidden (256, 128) -> (64, 32), prior_covariance 'diagonal' -> 'full'"
+    assert _shape_changes(prod, {"latent_dim": 4}) == "latent_dim 10 -> 4"
