@@ -15,8 +15,8 @@ model, thread count, per-run rows and per-epoch histories) to benchmarks/results
 Examples
 --------
   python benchmarks/mnist_gmvae.py                 # the full run: 5 seeds x 2 estimators
-  python benchmarks/mnist_gmvae.py --jobs 2        # the same, two fits side by side (2 cores: ~30 min)
-  python benchmarks/mnist_gmvae.py --quick         # smoke run, ~2 minutes
+  python benchmarks/mnist_gmvae.py --jobs 2        # the same, two fits side by side (2 cores: ~14 min)
+  python benchmarks/mnist_gmvae.py --quick         # smoke run, a few minutes (not a result)
   python benchmarks/mnist_gmvae.py --estimators concrete --seeds 0 --hidden 512 256 --out /tmp/t.json
 
 The helpers here (``load_mnist``, ``machine_info`` ...) are also used by benchmarks/k_scaling.py.
@@ -211,7 +211,7 @@ DEFAULTS = dict(
     finetune_learning_rate=1e-4,
     prior_covariance="full",
 )
-QUICK = dict(seeds=[0, 1], epochs=15, iw_samples=10)
+QUICK = dict(seeds=[0, 1], epochs=15, iw_samples=10, pretrain_epochs=10)
 
 METRICS = ("hungarian_accuracy", "nmi", "ari", "elbo", "iw_log_likelihood", "train_accuracy",
            "train_seconds", "seconds_per_epoch", "seconds_per_step", "epochs_run", "best_epoch", "n_used")
@@ -226,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("run")
     g.add_argument("--quick", action="store_true",
-                   help=f"smoke run (~2 min): seeds {QUICK['seeds']}, {QUICK['epochs']} epochs, "
-                        f"{QUICK['iw_samples']} IW samples; writes results/mnist_quick.json unless --out is given")
+                   help=f"smoke run (a few minutes, not a result): seeds {QUICK['seeds']}, {QUICK['epochs']} epochs, "
+                        f"{QUICK['pretrain_epochs']} pretraining epochs, {QUICK['iw_samples']} IW samples; writes "
+                        "benchmarks/out/quick/mnist.json (git-ignored) unless --out is given")
     g.add_argument("--seeds", type=int, nargs="+", default=None, help="model seeds (default: 0 1 2 3 4)")
     g.add_argument("--estimators", nargs="+", choices=("concrete", "exact"), default=["concrete", "exact"])
     g.add_argument("--threads", type=int, default=1, help="torch CPU threads per fit (default 1)")
@@ -256,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--patience", type=int, default=DEFAULTS["patience"])
     m.add_argument("--validation-fraction", type=float, default=DEFAULTS["validation_fraction"])
     m.add_argument("--init", choices=("pretrain", "random"), default=DEFAULTS["init"],
-                   help="start of the mixture: autoencoder + k-means ('pretrain') or random weights")
-    m.add_argument("--pretrain-epochs", type=int, default=DEFAULTS["pretrain_epochs"])
+                   help="start of the mixture: 'pretrain' (a denoising autoencoder, then --start-clusters on its "
+                        "latent space) or 'random' weights")
+    m.add_argument("--pretrain-epochs", type=int, default=None,
+                   help=f"autoencoder epochs of --init pretrain (default {DEFAULTS['pretrain_epochs']}; --quick: {QUICK['pretrain_epochs']})")
     m.add_argument("--pretrain-noise", type=float, default=DEFAULTS["pretrain_noise"],
                    help="share of input pixels masked in each autoencoder step (default %(default)s)")
     m.add_argument("--start-clusters", choices=("gmm", "kmeans"), default=DEFAULTS["start_clusters"],
@@ -279,8 +282,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.epochs = QUICK["epochs"] if args.quick else DEFAULTS["epochs"]
     if args.iw_samples is None:
         args.iw_samples = QUICK["iw_samples"] if args.quick else 50
+    if args.pretrain_epochs is None:
+        args.pretrain_epochs = QUICK["pretrain_epochs"] if args.quick else DEFAULTS["pretrain_epochs"]
     if args.out is None:
-        args.out = str(RESULTS / ("mnist_quick.json" if args.quick else "mnist.json"))
+        args.out = str(REPO / "benchmarks" / "out" / "quick" / "mnist.json" if args.quick else RESULTS / "mnist.json")
     return args
 
 

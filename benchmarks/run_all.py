@@ -3,7 +3,7 @@
 
 Pieces (each its own script, run in a child process with one torch / BLAS thread):
 
-  mnist      benchmarks/mnist_gmvae.py   concrete vs exact on MNIST, 5 seeds          ~30 min
+  mnist      benchmarks/mnist_gmvae.py   concrete vs exact on MNIST, 5 seeds          ~14 min
   k_scaling  benchmarks/k_scaling.py     K in {2,5,10,20,50,100,200}, both estimators ~15 min
   k_scaling_concrete                     the same, concrete alone, 10 timed epochs    ~10 min
   peers      benchmarks/peers.py         GaussianMixture / KMeans (MNIST, tabular), GMVAE on tabular

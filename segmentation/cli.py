@@ -279,8 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, required=True, help="number of segments K")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="folder to write the model to")
     p.add_argument("--type", action="append", metavar="NAME=TYPE",
-                   help="declare a feature's type (repeatable or comma-separated); undeclared: all columns, "
-                        "types inferred from dtypes and printed")
+                   help="declare a feature's type (repeatable or comma-separated). With --type, the model uses "
+                        "exactly the declared columns; without it, every column but those that look like identifiers, types "
+                        "inferred from dtypes and printed (inference never picks money: declare heavy-tailed "
+                        "amounts as NAME=money)")
     p.add_argument("--spec", "--config", dest="spec", metavar="SPEC.yaml",
                    help="take features and types from a feature spec file instead")
     p.add_argument("--exclude", action="append", default=[], metavar="COLUMN",
@@ -294,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="minibatch size (default 256)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--kl-anneal-epochs", type=int, default=10,
-                   help="epochs over which the weight of KL(q(y|x)||p(y)) rises from 0 to 1 (default 10)")
+                   help="epochs over which the weight of KL(q(y|x)||p(y)) rises from 0 to 1 (default 10), with "
+                        "--init random only: after the data-driven start the weight is 1 from the first epoch")
     p.add_argument("--tau-start", type=float, default=1.0, help="initial Concrete temperature (default 1.0)")
     p.add_argument("--tau-min", type=float, default=0.5, help="temperature floor (default 0.5)")
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default 10)")

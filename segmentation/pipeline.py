@@ -522,7 +522,7 @@ def _retrain_anchor(url: str, run: dict[str, Any], df, spec: Spec):
     A retrain starts its mixture from the segments marketers already use (see ``pretrain_init``):
     started from k-means instead, a weekly retrain on barely changed data moved 30-42% of the
     customers to another segment id in the 30-night simulation."""
-    prev, _ = _previous_assignments(url, run)
+    prev, _, _ = _previous_assignments(url, run)
     if prev is None:
         return None
     last = dict(zip(prev["customer_id"].astype(str), prev["segment_id"]))
@@ -575,11 +575,28 @@ def _model_trained_for(store, run: dict[str, Any]) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------------
 # 5. score (+ 6. match)
 # ---------------------------------------------------------------------------------------------
+def _reference_date(wh, schema: str, run_date):
+    """The published run whose segment ids and labels a run of ``run_date`` continues: the latest
+    successful run before it, or, for a backfill earlier than every published run, the earliest one
+    after it. Without that second rule such a backfill issued ids of its own (retired at once), and a
+    rerun of the later night, now preceded by the backfill, reported every customer as moved and
+    relabelled its segments to tell them from the backfill's (found by the README walk-through)."""
+    from segmentation.publish import RUNS
+
+    runs = wh.qualified(schema, RUNS)
+    got = wh.query(
+        f"SELECT (SELECT max(run_date) FROM {runs} WHERE status = 'success' AND run_date < ?) AS before, "
+        f"(SELECT min(run_date) FROM {runs} WHERE status = 'success' AND run_date > ?) AS after",
+        [run_date, run_date],
+    ).to_pylist()[0]
+    return got["before"] or got["after"]
+
+
 def _previous_assignments(url: str, run: dict[str, Any]):
-    """Published assignments of the latest successful run before this date, and every id issued
-    before this run: ids first issued by an earlier attempt of this same date are not counted, so
-    a rerun of D gives its new clusters the same ids again (identical rows) instead of retiring
-    D's ids and issuing fresh ones."""
+    """Published assignments of the run this date's ids are matched to (``_reference_date``), and
+    every id issued before this run: ids first issued by an earlier attempt of this same date are
+    not counted, so a rerun of D gives its new clusters the same ids again (identical rows) instead
+    of retiring D's ids and issuing fresh ones."""
     from segmentation.publish import ASSIGNMENTS, RUNS, SEGMENTS
     from segmentation.warehouse import connect
 
@@ -587,16 +604,16 @@ def _previous_assignments(url: str, run: dict[str, Any]):
     run_date = _date(run["run_date"])
     with connect(url) as wh:
         if not (wh.table_exists(schema, RUNS) and wh.table_exists(schema, ASSIGNMENTS)):
-            return None, []
+            return None, [], None
+        reference = _reference_date(wh, schema, run_date)
         prev = wh.query(
-            f"SELECT customer_id, segment_id FROM {wh.qualified(schema, ASSIGNMENTS)} WHERE run_date = "
-            f"(SELECT max(run_date) FROM {wh.qualified(schema, RUNS)} WHERE status = 'success' AND run_date < ?)",
-            [run_date],
-        ).to_pandas()
+            f"SELECT customer_id, segment_id FROM {wh.qualified(schema, ASSIGNMENTS)} WHERE run_date = ?",
+            [reference],
+        ).to_pandas() if reference else []
         issued = wh.query(
             f"SELECT segment_id FROM {wh.qualified(schema, SEGMENTS)} WHERE first_run_date <> ?", [run_date]
         ).column("segment_id").to_pylist() if wh.table_exists(schema, SEGMENTS) else []
-    return (prev if len(prev) else None), issued
+    return (prev if len(prev) else None), issued, reference
 
 
 def _earlier_mapping(store, run: dict[str, Any], version: str) -> dict[int, int] | None:
@@ -715,7 +732,7 @@ def assign_segment_ids(url: str, run: dict[str, Any], version: str, ids, cluster
     from segmentation.matching import match_segments, segment_stability
 
     store = _store(run)
-    previous, issued = _previous_assignments(url, run)
+    previous, issued, reference = _previous_assignments(url, run)
     mapping, stability = match_segments(ids, clusters, n_clusters, previous, issued,
                                         prototypes=lambda unmatched: _prototypes(url, run, ids, clusters, unmatched))
     earlier = _earlier_mapping(store, run, version)
@@ -724,6 +741,10 @@ def assign_segment_ids(url: str, run: dict[str, Any], version: str, ids, cluster
         mapping = earlier
         # the figures describe what is published: the earlier mapping, not tonight's fresh match
         stability = segment_stability(ids, clusters, previous, mapping) | {"kept_ids_of_earlier_attempt": True}
+    if previous is not None:
+        # which published run the ids and movers refer to: the night before, or for a backfill
+        # earlier than every published night the first night after it
+        stability["reference_run_date"] = str(reference)
     path = _run_dir(run) / "segment_mapping.json"
     path.write_text(json.dumps({"model_version": version, "mapping": {str(k): v for k, v in mapping.items()}}))
     store.put_run_file(run["run_date"], path)
@@ -766,8 +787,13 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
                  ", ".join(f"segment {v['segment_id']} (distance {v['distance']:.2f} SD)"
                            for v in stability["matched_by_prototype"].values()))
     if stability.get("common_customers"):
-        log.info("score: %d customers; %.1f%% moved segment since the previous run (ARI %.3f)",
-                 len(ids), 100 * stability["moved_share"], stability["ari_vs_previous"])
+        if stability.get("reference_run_date", "") > str(run["run_date"]):
+            log.info("score: %d customers; %.1f%% in another segment than in the next published run, %s, which "
+                     "this backfill takes its segment ids from (ARI %.3f)", len(ids), 100 * stability["moved_share"],
+                     stability["reference_run_date"], stability["ari_vs_previous"])
+        else:
+            log.info("score: %d customers; %.1f%% moved segment since the previous run (ARI %.3f)",
+                     len(ids), 100 * stability["moved_share"], stability["ari_vs_previous"])
     elif "new_segment_ids" in stability:
         log.info("score: %d customers, none of them in the previous run", len(ids))
     else:
@@ -779,8 +805,9 @@ def score(url: str, run: dict[str, Any], trained: dict[str, Any]) -> dict[str, A
 # 7. publish (+ profiles)
 # ---------------------------------------------------------------------------------------------
 def _previous_profiles(url: str, run: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """Label, share and summary (parsed JSON) per segment id of the latest successful run before this
-    date: the labels tonight's segments keep unless they really changed (``profiles._label_all``)."""
+    """Label, share and summary (parsed JSON) per segment id of the run this date is matched to
+    (``_reference_date``): the labels tonight's segments keep unless they really changed
+    (``profiles._label_all``)."""
     from segmentation.publish import PROFILES, RUNS
     from segmentation.warehouse import connect
 
@@ -788,11 +815,11 @@ def _previous_profiles(url: str, run: dict[str, Any]) -> dict[int, dict[str, Any
     with connect(url) as wh:
         if not (wh.table_exists(schema, RUNS) and wh.table_exists(schema, PROFILES)):
             return {}
+        reference = _reference_date(wh, schema, _date(run["run_date"]))
         got = wh.query(
-            f"SELECT segment_id, label, share, summary FROM {wh.qualified(schema, PROFILES)} WHERE run_date = "
-            f"(SELECT max(run_date) FROM {wh.qualified(schema, RUNS)} WHERE status = 'success' AND run_date < ?)",
-            [_date(run["run_date"])],
-        ).to_pylist()
+            f"SELECT segment_id, label, share, summary FROM {wh.qualified(schema, PROFILES)} WHERE run_date = ?",
+            [reference],
+        ).to_pylist() if reference else []
     out = {}
     for r in got:
         try:

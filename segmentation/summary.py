@@ -1,12 +1,23 @@
 """A short, human summary of what the latest run published (printed by `make demo`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from segmentation.publish import ASSIGNMENTS, CURRENT_VIEW, PROFILES, RUNS, SEGMENTS
 
 
 def summary_text(url: str | None, schema: str = "segments") -> str:
-    from segmentation.warehouse import connect
+    from segmentation.warehouse import connect, default_url
 
+    url = url or default_url()
+    if url.partition("://")[0].lower() == "duckdb":
+        from segmentation.warehouse.duckdb_warehouse import DuckDBWarehouse
+
+        path = DuckDBWarehouse(url).path
+        if path != ":memory:" and not Path(path).exists():
+            # a read-only command: opening the file would create an empty warehouse (and its folder)
+            return (f"no warehouse at {path}: run `make demo` (or `segment demo init` and `segment run --date "
+                    "YYYY-MM-DD`) first, or point --warehouse / SEGMENT_WAREHOUSE_URL at yours")
     with connect(url) as wh:
         q = wh.qualified
         if not wh.table_exists(schema, RUNS):

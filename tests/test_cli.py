@@ -206,6 +206,17 @@ def test_run_on_an_empty_warehouse_names_the_missing_table(tmp_path: Path) -> No
     assert "raw.transactions" in proc.stderr and "segment demo init" in proc.stderr, _out(proc)
 
 
+def test_summary_without_a_warehouse_creates_none(tmp_path: Path) -> None:
+    """Found by the README walk-through: `segment summary` outside the repository opened (and so
+    created) an empty ./.data/warehouse.duckdb. A read-only command now says where it looked."""
+    proc = segment("summary", cwd=tmp_path)  # the default: $SEGMENT_DATA_DIR/warehouse.duckdb
+    assert proc.returncode == 0 and f"no warehouse at {tmp_path}/.data/warehouse.duckdb" in proc.stdout, _out(proc)
+    assert "make demo" in proc.stdout and not (tmp_path / ".data").exists()
+    missing = tmp_path / "elsewhere" / "w.duckdb"
+    proc = segment("summary", "--warehouse", f"duckdb:///{missing}", cwd=tmp_path)
+    assert f"no warehouse at {missing}" in proc.stdout and not missing.parent.exists(), _out(proc)
+
+
 # ---------------------------------------------------------------------------------------------
 # the demo end to end (one full nightly run, about a minute)
 # ---------------------------------------------------------------------------------------------

@@ -847,3 +847,36 @@ def test_a_spec_that_reshapes_the_network_is_a_retrain_not_a_refresh():
     assert _shape_changes(prod, {"prior_covariance": "full", "hidden": (64, 32)}) == \
         "hidden (256, 128) -> (64, 32), prior_covariance 'diagonal' -> 'full'"
     assert _shape_changes(prod, {"latent_dim": 4}) == "latent_dim 10 -> 4"
+
+
+def test_a_backfill_before_the_first_night_continues_its_ids_and_labels(tmp_path: Path) -> None:
+    """Found by the README walk-through: after `make demo` (one night, S2 here) a backfill of an
+    earlier date (S1) had no earlier run to match, issued ids of its own (retired at once), and a
+    rerun of S2, now preceded by it, reported 100% of customers moved and rewrote six labels to tell
+    them from the backfill's. A backfill earlier than every published run now takes its ids and
+    labels from the first night after it, so the history reads as one segmentation."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    synthetic_night(url, synthetic_run(tmp_path, S2, df))
+    segments_before = {r["segment_id"]: r for r in rows(url, SEGMENTS)}
+    current_before = {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)}
+
+    spec = json.loads((tmp_path / "synthetic.json").read_text())
+    spec["model"]["seed"] = 7                 # the backfill trains a model of its own
+    (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+    backfill = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    assert backfill["stability"]["reference_run_date"] == S2.isoformat()
+    assert backfill["stability"]["moved_share"] < 0.1, backfill["stability"]   # same customers, same groups
+    s1 = {r["customer_id"]: r["segment_id"] for r in assignments_of(url, S1)}
+    assert set(s1.values()) <= set(segments_before), "the backfill issued ids the history never had"
+    assert {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)} == current_before  # current untouched
+
+    spec["model"]["seed"] = 0
+    (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+    again = synthetic_night(url, synthetic_run(tmp_path, S2, df))   # a rerun of the later night
+    st = again["stability"]
+    assert st["reference_run_date"] == S1.isoformat() and st["moved_share"] < 0.1, st
+    after = {r["segment_id"]: r for r in rows(url, SEGMENTS)}
+    assert {k: v["label"] for k, v in after.items()} == {k: v["label"] for k, v in segments_before.items()}
+    assert all(v["status"] == "active" and v["first_run_date"] == S1 for v in after.values()), after
+    assert {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)} == current_before
