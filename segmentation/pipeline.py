@@ -496,8 +496,9 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     if promoted:
         # the pointer moves in publish, once the run's rows are committed (_promote_after_publish)
         scoring_version = version
-        log.info("train: %s passed the promotion gate (%.1f s); it becomes the production model when this run is "
-                 "published", version, seconds)
+        log.info("train: %s passed the promotion gate (%.1f s); it becomes the model of %s when this run is "
+                 "published (and the production model, unless a later date is published already)",
+                 version, seconds, run["run_date"])
     elif kept_reason:
         scoring_version = fallback
     else:
@@ -857,7 +858,12 @@ def _promote_after_publish(run: dict[str, Any], trained: dict[str, Any]) -> str 
             "records the model)"
         ) from exc
     if changed and new_model:
-        log.info("publish: %s is now the production model (run date %s)", version, run["run_date"])
+        current = store.production()
+        if current == version:
+            log.info("publish: %s is now the production model (run date %s)", version, run["run_date"])
+        else:  # a backfill: its model is recorded for its date, tonight's production stays
+            log.info("publish: %s is recorded as the model of %s (a backfill); the production model stays %s",
+                     version, run["run_date"], current)
     return version
 
 

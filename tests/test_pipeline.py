@@ -849,7 +849,7 @@ def test_a_spec_that_reshapes_the_network_is_a_retrain_not_a_refresh():
     assert _shape_changes(prod, {"latent_dim": 4}) == "latent_dim 10 -> 4"
 
 
-def test_a_backfill_before_the_first_night_continues_its_ids_and_labels(tmp_path: Path) -> None:
+def test_a_backfill_before_the_first_night_continues_its_ids_and_labels(tmp_path: Path, caplog) -> None:
     """Found by the README walk-through: after `make demo` (one night, S2 here) a backfill of an
     earlier date (S1) had no earlier run to match, issued ids of its own (retired at once), and a
     rerun of S2, now preceded by it, reported 100% of customers moved and rewrote six labels to tell
@@ -864,7 +864,10 @@ def test_a_backfill_before_the_first_night_continues_its_ids_and_labels(tmp_path
     spec = json.loads((tmp_path / "synthetic.json").read_text())
     spec["model"]["seed"] = 7                 # the backfill trains a model of its own
     (tmp_path / "synthetic.json").write_text(json.dumps(spec))
-    backfill = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    with caplog.at_level("INFO", logger="segmentation.pipeline"):
+        backfill = synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("publish:")]
+    assert any("(a backfill); the production model stays" in m for m in said), said  # not "is now production"
     assert backfill["stability"]["reference_run_date"] == S2.isoformat()
     assert backfill["stability"]["moved_share"] < 0.1, backfill["stability"]   # same customers, same groups
     s1 = {r["customer_id"]: r["segment_id"] for r in assignments_of(url, S1)}
