@@ -133,9 +133,20 @@ def _parse_types(items: list[str] | None) -> dict[str, str] | None:
 
 
 # ---- subcommands ----------------------------------------------------------------------------
+def _check_out_dir(text: str) -> None:
+    """Refuse an --out that cannot become a model folder before any training is spent on it."""
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {text}: a file of that name exists; the model is a folder")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: --out {text}: cannot create the model folder there ({parent} is not writable)")
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from segmentation import ConcreteGMVAE
 
+    _check_out_dir(args.out)
     df = _read_table(args.data)
     types = _parse_types(args.type)
     if args.spec:
@@ -290,17 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", choices=["concrete", "exact"], default="concrete",
                    help="concrete: one relaxed sample of the segment per row, cost flat in K (default); "
                         "exact: sum over all K segments, cost linear in K")
-    p.add_argument("--latent-dim", type=int, default=10, help="size of the continuous latent z (default 10)")
+    p.add_argument("--latent-dim", type=_at_least_one, default=10, help="size of the continuous latent z (default 10)")
     p.add_argument("--hidden", type=_widths, default=(256, 128), help="hidden layer widths, comma-separated (default 256,128)")
-    p.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
-    p.add_argument("--batch-size", type=int, default=256, help="minibatch size (default 256)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--epochs", type=_at_least_one, default=100, help="maximum epochs (default 100)")
+    p.add_argument("--batch-size", type=_at_least_one, default=256, help="minibatch size (default 256)")
+    p.add_argument("--lr", type=_positive, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--kl-anneal-epochs", type=int, default=10,
                    help="epochs over which the weight of KL(q(y|x)||p(y)) rises from 0 to 1 (default 10), with "
                         "--init random only: after the data-driven start the weight is 1 from the first epoch")
-    p.add_argument("--tau-start", type=float, default=1.0, help="initial Concrete temperature (default 1.0)")
-    p.add_argument("--tau-min", type=float, default=0.5, help="temperature floor (default 0.5)")
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience in epochs (default 10)")
+    p.add_argument("--tau-start", type=_positive, default=1.0, help="initial Concrete temperature (default 1.0)")
+    p.add_argument("--tau-min", type=_positive, default=0.5, help="temperature floor (default 0.5)")
+    p.add_argument("--patience", type=_at_least_one, default=10, help="early-stopping patience in epochs (default 10)")
     p.add_argument("--init", choices=["pretrain", "random"], default="pretrain",
                    help="how the mixture starts: 'pretrain' (default) trains a denoising autoencoder for "
                         "--pretrain-epochs epochs and places the K components by clustering its latent space "

@@ -415,6 +415,8 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
         train_data = {k: v[tr_idx] for k, v in data.items()}
         val_data = {k: v[val_idx] for k, v in data.items()} if n_val else None
         del data
+        # what the start did, recorded with the model as a single-process fit records it (rank 0's)
+        init_info: dict[str, Any] = {"init": "warm_start"} if refresh else {"init": "random"}
         if not refresh and model.init == "pretrain" and int(model.pretrain_epochs) > 0 and ctx.is_main:
             # the data-driven start of single-process training, on rank 0's shard; DDP then hands
             # rank 0's weights to every rank when it wraps the network
@@ -423,8 +425,8 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
                 start, stop = snapshot.shard_range(ctx.rank, ctx.world_size)
                 codes = _anchor_codes(anchor, snapshot.n_rows, int(model.n_segments), table_name)
                 shard_anchor = None if codes is None else codes[start:stop][tr_idx]
-            pretrain_init(net, train_data, cfg, torch.Generator().manual_seed(seed), int(model.pretrain_epochs), seed,
-                          anchor=shard_anchor)
+            init_info = pretrain_init(net, train_data, cfg, torch.Generator().manual_seed(seed),
+                                      int(model.pretrain_epochs), seed, anchor=shard_anchor)
         find_unused = _unused_parameters(net, cfg.estimator, {k: v[:8].to(cfg.device) for k, v in train_data.items()})
         wrapped = _loss_module(net, cfg.estimator)
         ddp = DDP(wrapped, device_ids=[cfg.device.index] if cfg.device.type == "cuda" else None,
@@ -463,6 +465,7 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
     model.metrics_ = {
         **fit_metrics(history, time.perf_counter() - t0, refresh, snapshot.n_rows),
         "usage": usage,
+        "init": init_info if ctx.is_main else {"init": "from rank 0"},
         "distributed": {"world_size": ctx.world_size, "backend": ctx.backend, "device": str(cfg.device),
                         "rows_per_rank_step": local_batch, "rank_weight_checksums": checksums},
     }

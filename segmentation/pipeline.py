@@ -285,15 +285,26 @@ def _model_settings(spec: Spec, run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shape_changes(model, settings: dict[str, Any]) -> str:
-    """The settings of the spec that shape the network and differ from ``model``'s ("" when none)."""
+    """The settings that shape the network where tonight's spec (a key it leaves out: the estimator's
+    default, which is what a retrain would build) differs from ``model``'s ("" when none)."""
+    from segmentation import ConcreteGMVAE
+
+    defaults = ConcreteGMVAE().get_params()
     changed = []
     for key in ("latent_dim", "hidden", "prior_covariance"):
-        if key in settings:
-            was = tuple(model.hidden) if key == "hidden" else getattr(model, key)
-            now = tuple(settings[key]) if key == "hidden" else settings[key]
-            if now != was:
-                changed.append(f"{key} {was!r} -> {now!r}")
+        was = tuple(model.hidden) if key == "hidden" else getattr(model, key)
+        now = settings.get(key, defaults[key])
+        now = tuple(now) if key == "hidden" else now
+        if now != was:
+            changed.append(f"{key} {was!r} -> {now!r}")
     return ", ".join(changed)
+
+
+# spec settings a refresh takes over (the network's shape and start, the preprocessing and the
+# refresh's own epochs and learning rate stay): a spec that switches the estimator or the device
+# says so for tonight, not from the next weekly retrain on
+REFRESH_SETTINGS = ("estimator", "tau_start", "tau_min", "tau_decay", "kl_anneal_epochs", "batch_size",
+                    "validation_fraction", "seed", "device", "n_threads", "bf16")
 
 
 def _held_out(model, df):
@@ -443,7 +454,8 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     try:
         if base_model is not None:
             model = base_model.set_params(warm_start=True, epochs=REFRESH_EPOCHS, patience=REFRESH_EPOCHS,
-                                          learning_rate=REFRESH_LEARNING_RATE)
+                                          learning_rate=REFRESH_LEARNING_RATE,
+                                          **{k: settings[k] for k in REFRESH_SETTINGS if k in settings})
             lineage_start = base_model.metadata_.get("run", {}).get("lineage_start") or base_model.metadata_.get("run", {}).get("run_date")
             model.fit(df, table_name=spec.features_relation.qualified)
         else:

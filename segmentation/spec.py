@@ -175,7 +175,16 @@ def _model(raw: Any, where: str) -> dict[str, Any]:
             raise SpecError(f"{where}.{key} must be {want}, not {value!r}")
         if key == "hidden" and not (value and all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in value)):
             raise SpecError(f"{where}.hidden must be a list of positive layer widths like [256, 128], not {value!r}")
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.items() if v is not None}
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.items() if v is not None}
+    # the values too, by the estimator's own rules: a bad one (estimator: Exact, pretrain_noise: 1.5)
+    # used to pass here, be ignored on refresh nights and fail the weekly retrain days later
+    from segmentation.model.estimator import ConcreteGMVAE
+
+    try:
+        ConcreteGMVAE(**{k: tuple(v) if k == "hidden" else v for k, v in settings.items()})._check_config()
+    except ValueError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    return settings
 
 
 def _implied_by(raw: Any, where: str) -> tuple[str, ...]:

@@ -129,4 +129,6 @@ def test_training_pod_entrypoint_under_torchrun(tmp_path):
     assert store.production() is None
     model = ConcreteGMVAE.load(str(store.model_dir(result["model_version"])))
     assert model.metrics_["distributed"]["world_size"] == 2
+    # the start is recorded as a single-process fit records it (it was missing: the run said init None)
+    assert model.metrics_["init"]["init"] == "pretrain" and model.metrics_["init"]["start"] == "gmm-consensus"
     assert adjusted_rand_score(seg, model.predict(df)) >= 0.9

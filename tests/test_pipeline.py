@@ -836,14 +836,18 @@ def test_the_gate_judges_on_the_rows_the_fit_held_out(tmp_path: Path) -> None:
 
 def test_a_spec_that_reshapes_the_network_is_a_retrain_not_a_refresh():
     """A nightly refresh continues the production network, whose shape it cannot change: a spec whose
-    latent_dim, hidden or prior_covariance differ from production's must retrain from scratch (it
-    used to be ignored until the weekly retrain)."""
+    latent_dim, hidden or prior_covariance differ from production's (set to another value, or left
+    out where production has another than the default) must retrain from scratch (it used to be
+    ignored until the weekly retrain)."""
     from segmentation import ConcreteGMVAE
     from segmentation.pipeline import _shape_changes
 
     prod = ConcreteGMVAE(latent_dim=10, hidden=(256, 128))
     assert _shape_changes(prod, {"latent_dim": 10, "hidden": (256, 128), "epochs": 5}) == ""
-    assert _shape_changes(prod, {}) == ""  # the spec says nothing: production's shape stands
+    assert _shape_changes(prod, {}) == ""  # the spec says nothing and production has the defaults
+    # a key dropped from the spec means the default, which is what a retrain would build (found by the
+    # break-it review: refreshes kept a full prior that the weekly retrain then silently dropped)
+    assert _shape_changes(ConcreteGMVAE(prior_covariance="full"), {}) == "prior_covariance 'full' -> 'diagonal'"
     assert _shape_changes(prod, {"prior_covariance": "full", "hidden": (64, 32)}) == \
         "hidden (256, 128) -> (64, 32), prior_covariance 'diagonal' -> 'full'"
     assert _shape_changes(prod, {"latent_dim": 4}) == "latent_dim 10 -> 4"
@@ -883,3 +887,22 @@ def test_a_backfill_before_the_first_night_continues_its_ids_and_labels(tmp_path
     assert {k: v["label"] for k, v in after.items()} == {k: v["label"] for k, v in segments_before.items()}
     assert all(v["status"] == "active" and v["first_run_date"] == S1 for v in after.values()), after
     assert {r["customer_id"]: r["segment_id"] for r in rows(url, CURRENT)} == current_before
+
+
+def test_a_refresh_takes_tonights_training_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the break-it review: a refresh applied only its own epochs and learning rate, so a spec
+    switching the estimator (valid) was ignored until the weekly retrain. Training settings that do not
+    shape the network now apply on the night they are set."""
+    url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    df = synthetic_customers()
+    synthetic_night(url, synthetic_run(tmp_path, S1, df))
+    spec = json.loads((tmp_path / "synthetic.json").read_text())
+    spec["model"].update(estimator="exact", tau_min=0.3)
+    (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+    monkeypatch.setattr(pipeline, "KEEP_MARGIN", -math.inf)  # production never "still fits": refresh
+    run = synthetic_run(tmp_path, S2, df)
+    trained = pipeline.train(url, run, {"status": "passed", "drift_detected": False})
+    assert trained["mode"] == "refresh", trained
+    model = pipeline._store(run).load_model(trained["model_version"])
+    assert model.estimator == "exact" and model.tau_min == 0.3
+    assert model.metrics_["refresh"] is True

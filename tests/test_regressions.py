@@ -86,3 +86,132 @@ def test_cli_error_is_one_line_for_an_empty_csv(tmp_path):
                           str(tmp_path / "m")], capture_output=True, text=True)
     assert out.returncode != 0
     assert "empty.csv" in out.stderr and "Traceback" not in out.stderr
+
+
+# ---- the estimator (second break-it review of the engine) ----------------------------------------
+def _tiny_fit(**kw):
+    from segmentation import ConcreteGMVAE
+    from segmentation.synthetic import FEATURE_TYPES, planted_customers
+
+    df, _ = planted_customers(n=300, k=3, seed=12, missing=0.0)
+    params = dict(n_segments=3, seed=0, epochs=2, pretrain_epochs=2, hidden=(16, 8), latent_dim=3, progress=False)
+    return ConcreteGMVAE(**{**params, **kw}).fit(df, FEATURE_TYPES), df, FEATURE_TYPES
+
+
+@pytest.mark.parametrize("change", [dict(prior_covariance="diagonal"), dict(n_segments=5), dict(latent_dim=6),
+                                    dict(hidden=(32, 8))])
+def test_save_refuses_a_shape_changed_after_fit(tmp_path, change):
+    """set_params of a shape setting after fit, then save, wrote metadata that did not match the weights:
+    an artifact that saved but would not load. save now says what to do, and usage counts the
+    network's segments, not the changed setting's."""
+    from segmentation import ConcreteGMVAE
+
+    model, df, _ = _tiny_fit(prior_covariance="full")
+    model.set_params(**change)
+    assert len(model.evaluate(df, iw_samples=2)["usage"]["sizes"]) == 3
+    with pytest.raises(ValueError, match=f"save cannot change {next(iter(change))} .*fit again before saving"):
+        model.save(tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    fresh, _, _ = _tiny_fit(prior_covariance="full")
+    fresh.save(tmp_path / "ok")
+    np.testing.assert_array_equal(ConcreteGMVAE.load(tmp_path / "ok").predict(df), fresh.predict(df))
+
+
+def test_a_loaded_model_fits_from_scratch_and_a_refresh_refuses_other_features(tmp_path):
+    """A refreshed model used to be saved with warm_start=True: loading it and calling fit with other
+    feature_types refreshed silently with the old features. Saved models now load with
+    warm_start=False, and a refresh given other features or an anchor says why it cannot."""
+    from segmentation import ConcreteGMVAE
+
+    model, df, types = _tiny_fit()
+    model.set_params(warm_start=True).fit(df)            # a refresh, as the nightly job does
+    model.save(tmp_path / "m")
+    loaded = ConcreteGMVAE.load(tmp_path / "m")
+    assert loaded.warm_start is False
+    fewer = {k: v for k, v in types.items() if k != "region"}
+    loaded.fit(df, fewer)                                  # from scratch, with the features asked for
+    assert set(loaded.feature_types_) == set(fewer)
+    loaded.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="warm_start refresh keeps the features the model was fitted with"):
+        loaded.fit(df, types)
+    with pytest.raises(ValueError, match="anchor sets the start of a fit from scratch"):
+        loaded.fit(df, anchor=np.zeros(len(df)))
+
+
+def test_a_skipped_start_trains_like_a_random_start(caplog):
+    """With fewer than 2 x K training rows the data-driven start is skipped; training then used to run
+    as if it had happened: no KL annealing and the fine-tuning learning rate (1e-6 here)."""
+    import logging
+
+    from segmentation import ConcreteGMVAE
+    from segmentation.synthetic import FEATURE_TYPES, planted_customers
+
+    df, _ = planted_customers(n=25, k=3, seed=1, missing=0.0)
+    kw = dict(n_segments=12, epochs=4, pretrain_epochs=2, hidden=(16, 8), latent_dim=3, progress=False,
+              kl_anneal_epochs=10, finetune_learning_rate=1e-6)
+    m = ConcreteGMVAE(**kw).fit(df, FEATURE_TYPES)
+    assert m.metrics_["init"]["init"] == "random"
+    assert [r["kl_weight"] for r in m.history_] == [0.0, 0.1, 0.2, 0.3]
+    plain = ConcreteGMVAE(**{**kw, "finetune_learning_rate": None}).fit(df, FEATURE_TYPES)
+    np.testing.assert_array_equal(m.predict_proba(df), plain.predict_proba(df))  # same lr: same fit
+    with caplog.at_level(logging.WARNING, logger="segmentation.model.estimator"):
+        ConcreteGMVAE(**{**kw, "n_segments": 3, "init": "random"}).fit(df, FEATURE_TYPES, anchor=np.zeros(len(df)))
+    assert any("anchor ignored" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda m: m.pop("config"), "missing entry 'config'"),
+    (lambda m: m["config"].pop("hidden"), "missing entry 'hidden'"),
+    (lambda m: m["config"].update(hidden=None), "bad model setting"),
+    (lambda m: m["config"].update(hidden=[]), "hidden must be one or more layer widths"),
+    (lambda m: m["config"].update(hidden=[16.7, 8]), "hidden must be one or more layer widths"),
+    (lambda m: m["config"].update(tau_min="0.5"), "temperatures must be positive finite numbers"),
+    (lambda m: m["config"].update(n_threads=-1), "n_threads must be a whole number of at least 1"),
+    (lambda m: m.pop("feature_types"), "missing entry 'feature_types'"),
+    (lambda m: m.pop("preprocessing"), "missing entry 'preprocessing'"),
+])
+def test_a_tampered_artifact_is_an_artifact_error(tmp_path, edit, words):
+    from segmentation import ConcreteGMVAE
+    from segmentation.model.artifact import ArtifactError
+
+    model, _, _ = _tiny_fit()
+    model.save(tmp_path / "m")
+    path = tmp_path / "m" / "metadata.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="the artifact is corrupt") as err:
+        ConcreteGMVAE.load(tmp_path / "m")
+    assert words in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(hidden=()), "hidden must be one or more layer widths"),
+    (dict(hidden=(-3,)), "hidden must be one or more layer widths"),
+    (dict(hidden=(0,)), "hidden must be one or more layer widths"),
+    (dict(hidden="32"), "hidden must be one or more layer widths"),
+    (dict(hidden=(32.5,)), "hidden must be one or more layer widths"),
+    (dict(tau_min=None), "temperatures must be positive finite numbers"),
+    (dict(tau_start=float("inf")), "temperatures must be positive finite numbers"),
+    (dict(tau_decay=1.5), "tau_decay must be at most 1"),
+    (dict(bf16="no"), "bf16 must be True or False"),
+    (dict(patience=-1), "patience must be a whole number of at least 1"),
+    (dict(seed=2**40), r"seed must be a whole number in \[0, 2\*\*32\)"),
+    (dict(seed=-1), r"seed must be a whole number in \[0, 2\*\*32\)"),
+    (dict(kl_anneal_epochs=-2), "kl_anneal_epochs must be a whole number of at least 0"),
+])
+def test_bad_estimator_settings_are_named_before_training(kw, match):
+    from segmentation import ConcreteGMVAE
+
+    df = pd.DataFrame({"a": np.arange(40.0), "b": np.arange(40.0) % 5})
+    with pytest.raises(ValueError, match=match):
+        ConcreteGMVAE(**kw).fit(df)
+
+
+def test_numpy_integers_are_whole_numbers():
+    from segmentation import ConcreteGMVAE
+
+    df = pd.DataFrame({"a": np.arange(60.0), "b": np.arange(60.0) % 7})
+    m = ConcreteGMVAE(n_segments=np.int64(3), latent_dim=np.int64(2), epochs=np.int64(1), pretrain_epochs=np.int64(1),
+                      hidden=(np.int64(8),), progress=False).fit(df)
+    assert m.network_.K == 3

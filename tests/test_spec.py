@@ -48,6 +48,15 @@ CASES = [
      "names the categorical feature 'country'"),
     ("features-mapping", _set("features", {"a": 1}), "'features' must be a list"),
     ("model-null", _set("model.n_threads", None), None),   # "not set": the estimator's default
+    # values the estimator refuses (break-it review: accepted here, ignored on refresh nights, and
+    # then failing the weekly retrain days later)
+    ("model-estimator-case", _set("model.estimator", "Exact"), "estimator must be 'concrete' or 'exact'"),
+    ("model-start-clusters", _set("model.start_clusters", "dbscan"), "start_clusters must be 'gmm' or 'kmeans'"),
+    ("model-noise-range", _set("model.pretrain_noise", 1.5), "pretrain_noise must be a share in [0, 1)"),
+    ("model-finetune-negative", _set("model.finetune_learning_rate", -1), "finetune_learning_rate must be a positive"),
+    ("model-latent-zero", _set("model.latent_dim", 0), "latent_dim must be a whole number of at least 1"),
+    ("model-prior-case", _set("model.prior_covariance", "Full"), "prior_covariance must be 'diagonal' or 'full'"),
+    ("model-seed-negative", _set("model.seed", -1), "seed must be a whole number in [0, 2**32)"),
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from typing import Any, Iterator
 
@@ -61,6 +62,17 @@ def _anchor_codes(anchor: Any, n: int, k: int, table_name: str) -> torch.Tensor 
     index = {v: i for i, v in enumerate(counts.index[:k])}
     codes = keys.map(lambda v: index.get(v, -1) if v is not None else -1)
     return torch.from_numpy(codes.to_numpy(dtype="int64").copy())
+
+
+def _is_whole(value: Any) -> bool:
+    """A whole number (Python or NumPy integer), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    """A real number (int, float or their NumPy kinds), not a bool and not NaN."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and value == value
 
 
 @contextlib.contextmanager
@@ -161,7 +173,7 @@ class ConcreteGMVAE:
     ):
         self.n_segments = n_segments
         self.latent_dim = latent_dim
-        self.hidden = tuple(hidden)
+        self.hidden = tuple(hidden) if isinstance(hidden, (list, tuple)) else hidden
         self.estimator = estimator
         self.tau_start = tau_start
         self.tau_min = tau_min
@@ -203,7 +215,7 @@ class ConcreteGMVAE:
     def _check_config(self) -> None:
         if self.init not in ("pretrain", "random"):
             raise ValueError(f"init must be 'pretrain' or 'random', not {self.init!r}")
-        if isinstance(self.pretrain_epochs, bool) or not isinstance(self.pretrain_epochs, int) or self.pretrain_epochs < 0:
+        if not _is_whole(self.pretrain_epochs) or self.pretrain_epochs < 0:
             raise ValueError(f"pretrain_epochs must be a whole number of at least 0, not {self.pretrain_epochs!r}")
         if self.prior_covariance not in ("diagonal", "full"):
             raise ValueError(f"prior_covariance must be 'diagonal' or 'full', not {self.prior_covariance!r}")
@@ -220,28 +232,45 @@ class ConcreteGMVAE:
                 raise ValueError(f"{name} must be a positive number, not {value!r}")
         if self.estimator not in ("concrete", "exact"):
             raise ValueError(f"estimator must be 'concrete' or 'exact', not {self.estimator!r}")
-        if int(self.n_segments) < 2:
+        if _is_whole(self.n_segments) and int(self.n_segments) < 2:
             raise ValueError(f"n_segments must be at least 2, not {self.n_segments}")
-        if not 0.0 <= float(self.validation_fraction) < 1.0:
+        if not _is_number(self.validation_fraction) or not 0.0 <= float(self.validation_fraction) < 1.0:
             raise ValueError("validation_fraction must be in [0, 1)")
-        if self.tau_min <= 0 or self.tau_start <= 0:
-            raise ValueError("temperatures must be positive")
-        for name in ("epochs", "batch_size", "latent_dim"):
+        for name in ("tau_start", "tau_min", "tau_decay"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_number(value) or not 0 < float(value) < math.inf:
+                raise ValueError(f"temperatures must be positive finite numbers: {name} is {value!r}")
+        if float(self.tau_decay) > 1.0:
+            raise ValueError(f"tau_decay must be at most 1 (the temperature decays), not {self.tau_decay!r}")
+        for name in ("epochs", "batch_size", "latent_dim", "patience", "min_level_count"):
+            value = getattr(self, name)
+            if not _is_whole(value) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
-        if isinstance(self.n_segments, bool) or not isinstance(self.n_segments, int):
+        if not _is_whole(self.n_segments):
             raise ValueError(f"n_segments must be a whole number, not {self.n_segments!r}")
+        if not _is_whole(self.kl_anneal_epochs) or self.kl_anneal_epochs < 0:
+            raise ValueError(f"kl_anneal_epochs must be a whole number of at least 0, not {self.kl_anneal_epochs!r}")
+        if not _is_whole(self.seed) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be a whole number in [0, 2**32), not {self.seed!r}")
+        hidden = self.hidden if isinstance(self.hidden, (tuple, list)) else None
+        if not hidden or not all(_is_whole(h) and h >= 1 for h in hidden):
+            raise ValueError(f"hidden must be one or more layer widths, whole numbers of at least 1, not {self.hidden!r}")
+        if not isinstance(self.bf16, (bool, np.bool_)):
+            raise ValueError(f"bf16 must be True or False, not {self.bf16!r}")
+        if self.n_threads is not None and (not _is_whole(self.n_threads) or self.n_threads < 1):
+            raise ValueError(f"n_threads must be a whole number of at least 1 (or None), not {self.n_threads!r}")
 
     def new_network(self, layout) -> GMVAENetwork:
         """A fresh network for this configuration (fit, load and the distributed fit all build it here)."""
         return GMVAENetwork(layout, int(self.n_segments), int(self.latent_dim), self.hidden,
                             prior_covariance=self.prior_covariance)
 
-    def check_refresh_shape(self) -> None:
+    def check_refresh_shape(self, doing: str = "warm_start refresh",
+                            remedy: str = "fit from scratch with warm_start=False") -> None:
         """A warm-started refresh continues the fitted network, so it cannot change the settings
         that shape it: say so instead of training the old shape and saving metadata that no longer
-        matches the weights (an artifact that would then refuse to load)."""
+        matches the weights (an artifact that would then refuse to load). ``save`` checks the same
+        (a ``set_params`` after ``fit``)."""
         net = self.network_
         fitted = {
             "n_segments": net.K, "latent_dim": net.latent_dim, "prior_covariance": net.prior_covariance,
@@ -251,8 +280,8 @@ class ConcreteGMVAE:
             now = tuple(self.hidden) if name == "hidden" else getattr(self, name)
             if now != was:
                 raise ValueError(
-                    f"warm_start refresh cannot change {name} (fitted with {was!r}, now {now!r}): the network "
-                    f"keeps its shape. Set {name} back, or fit from scratch with warm_start=False"
+                    f"{doing} cannot change {name} (fitted with {was!r}, now {now!r}): the network "
+                    f"keeps its shape. Set {name} back, or {remedy}"
                 )
 
     @property
@@ -306,6 +335,16 @@ class ConcreteGMVAE:
         refresh = bool(self.warm_start) and self.is_fitted
         if refresh:
             self.check_refresh_shape()
+            # a refresh keeps the fitted preprocessing: other features, or an anchor (which places a
+            # start a refresh does not make), would be ignored without a word
+            if feature_types is not None and dict(feature_types) != dict(self.feature_types_):
+                raise ValueError(
+                    "warm_start refresh keeps the features the model was fitted with "
+                    f"({', '.join(f'{k}={v}' for k, v in self.feature_types_.items())}); these feature_types differ. "
+                    "Fit from scratch with warm_start=False, or leave feature_types out")
+            if anchor is not None:
+                raise ValueError("anchor sets the start of a fit from scratch; a warm_start refresh has none. "
+                                 "Use warm_start=False to start from an existing segmentation")
             pre = self.preprocessor_
         else:
             if feature_types is None:
@@ -339,6 +378,13 @@ class ConcreteGMVAE:
                 codes = None if anchor is None else _anchor_codes(anchor, n, int(self.n_segments), table_name)
                 init_info = pretrain_init(net, train_data, cfg, gen, int(self.pretrain_epochs), int(self.seed),
                                           anchor=None if codes is None else codes[tr_idx])
+                if init_info.get("init") == "random":
+                    # the start was skipped (too few rows): train as a random start does, with the KL
+                    # annealing and the one learning rate, not as if a start had placed the segments
+                    cfg = self._train_config(pretrained_start=False)
+            elif anchor is not None and not refresh:
+                log.warning("anchor ignored: it places the data-driven start, and init=%r, pretrain_epochs=%s make none",
+                            self.init, self.pretrain_epochs)
             history = train(net, train_data, val_data, cfg, gen)
         net.eval()
         self.preprocessor_ = pre
@@ -352,7 +398,7 @@ class ConcreteGMVAE:
         self.fingerprint_ = artifact.data_fingerprint(df, list(pre.feature_types))
         self.metrics_ = fit_metrics(history, time.perf_counter() - t0, refresh, n)
         self.metrics_["init"] = init_info
-        usage = segment_usage(self.predict(df), int(self.n_segments))
+        usage = segment_usage(self.predict(df), int(net.K))
         self.metrics_["usage"] = usage
         for w in usage["warnings"]:
             log.warning("segment usage: %s", w)
@@ -423,7 +469,7 @@ class ConcreteGMVAE:
         res: dict[str, Any] = {
             "elbo": float(np.mean(self.elbo(X))),
             "iw_log_likelihood": float(np.mean(self.log_likelihood(X, n_samples=iw_samples))),
-            "usage": segment_usage(clusters, int(self.n_segments)),
+            "usage": segment_usage(clusters, int(self.network_.K)),
         }
         if labels is not None:
             res.update(label_metrics(labels, clusters))
@@ -433,8 +479,13 @@ class ConcreteGMVAE:
     def save(self, path: str, extra: dict[str, Any] | None = None) -> str:
         """Write the artifact; ``extra`` (JSON-able) is stored under ``run`` in the metadata."""
         self._require_fitted()
+        # the metadata must describe the weights: a set_params(n_segments=...) after fit used to save an
+        # artifact that then refused to load
+        self.check_refresh_shape("save", "fit again before saving")
+        self._check_config()
         config = self.get_params()
         config["hidden"] = list(self.hidden)
+        config["warm_start"] = False  # a loaded model fits from scratch unless asked to refresh
         meta = {
             "kind": "ConcreteGMVAE",
             "config": config,
@@ -455,17 +506,19 @@ class ConcreteGMVAE:
         state, meta = artifact.read_artifact(path)
         if meta.get("kind") != "ConcreteGMVAE":
             raise artifact.ArtifactError(f"{path}: not a ConcreteGMVAE artifact")
-        cfg = dict(meta["config"])
-        cfg["hidden"] = tuple(cfg["hidden"])
-        cfg["device"] = device
-        # artifacts written before prior_covariance existed have diagonal priors, whatever today's default
-        model = cls(**{"prior_covariance": "diagonal", **{k: v for k, v in cfg.items() if k in _CONFIG_KEYS}})
-        pre = TablePreprocessor.from_dict(meta["preprocessing"])
         try:
+            cfg = dict(meta["config"])
+            cfg["hidden"] = tuple(cfg["hidden"])
+            cfg["device"] = device
+            # artifacts written before prior_covariance existed have diagonal priors, whatever today's default
+            model = cls(**{"prior_covariance": "diagonal", **{k: v for k, v in cfg.items() if k in _CONFIG_KEYS}})
+            pre = TablePreprocessor.from_dict(meta["preprocessing"])
             model._check_config()
             net = model.new_network(pre.layout)
-        except ValueError as exc:
-            raise artifact.ArtifactError(f"{path}: metadata.json has a bad model setting ({exc}); the artifact is corrupt") from exc
+            feature_types = dict(meta["feature_types"])
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            what = f"missing entry {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise artifact.ArtifactError(f"{path}: metadata.json has a bad model setting ({what}); the artifact is corrupt") from exc
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
@@ -477,7 +530,7 @@ class ConcreteGMVAE:
         net.to(model.device_).eval()
         model.network_ = net
         model.preprocessor_ = pre
-        model.feature_types_ = dict(meta["feature_types"])
+        model.feature_types_ = feature_types
         model.history_ = meta.get("history", [])
         model.metrics_ = meta.get("metrics", {})
         model.fingerprint_ = meta.get("fingerprint", {})
