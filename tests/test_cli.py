@@ -181,6 +181,9 @@ def test_unknown_id_column_is_a_clear_error(fitted: Path, planted_csv: Path, tmp
     (("fit", "DATA", "--k", "3", "--out", "m", "--start-clusters", "dbscan"), "argument --start-clusters: invalid choice"),
     (("fit", "DATA", "--k", "3", "--out", "m", "--prior-covariance", "tied"), "argument --prior-covariance: invalid choice"),
     (("assign", "m", "DATA", "--out", "o.xlsx"), "argument --out: 'o.xlsx': the output must end in .parquet"),
+    (("fit", "DATA", "--k", "3", "--out", "m", "--lr", "inf"), "argument --lr: 'inf' is not a finite number"),
+    (("fit", "DATA", "--k", "3", "--out", "m", "--tau-min", "nan"), "argument --tau-min: 'nan' is not a finite number"),
+    (("fit", "DATA", "--k", "3", "--out", "m", "--patience", "-5"), "argument --patience: -5 is below 1"),
 ])
 def test_bad_option_values_are_named_before_any_work(args: tuple[str, ...], problem: str, planted_csv: Path,
                                                     tmp_path: Path) -> None:
@@ -204,6 +207,14 @@ def test_run_on_an_empty_warehouse_names_the_missing_table(tmp_path: Path) -> No
     proc = segment("run", "--date", "2011-12-09", "--warehouse", f"duckdb:///{tmp_path}/w.duckdb", cwd=tmp_path)
     assert proc.returncode != 0, _out(proc)
     assert "raw.transactions" in proc.stderr and "segment demo init" in proc.stderr, _out(proc)
+
+
+def test_fit_refuses_an_out_that_cannot_be_a_model_folder_before_training(planted_csv: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    proc = segment("fit", str(planted_csv), "--k", "3", "--out", "taken", cwd=tmp_path)
+    assert proc.returncode != 0 and "--out taken: a file of that name exists" in proc.stderr, _out(proc)
+    assert "epoch" not in proc.stderr  # refused before any training
+    assert (tmp_path / "taken").read_text() == "not a folder"
 
 
 def test_summary_without_a_warehouse_creates_none(tmp_path: Path) -> None:
