@@ -453,9 +453,10 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     fallback = base if base and _compatible(store, base, spec, run) and _loadable(store, base) else None
     try:
         if base_model is not None:
+            defaults = ConcreteGMVAE().get_params()  # a key deleted from the spec: back to the default
             model = base_model.set_params(warm_start=True, epochs=REFRESH_EPOCHS, patience=REFRESH_EPOCHS,
                                           learning_rate=REFRESH_LEARNING_RATE,
-                                          **{k: settings[k] for k in REFRESH_SETTINGS if k in settings})
+                                          **{k: settings.get(k, defaults[k]) for k in REFRESH_SETTINGS})
             lineage_start = base_model.metadata_.get("run", {}).get("lineage_start") or base_model.metadata_.get("run", {}).get("run_date")
             model.fit(df, table_name=spec.features_relation.qualified)
         else:

@@ -906,3 +906,12 @@ def test_a_refresh_takes_tonights_training_settings(tmp_path: Path, monkeypatch:
     model = pipeline._store(run).load_model(trained["model_version"])
     assert model.estimator == "exact" and model.tau_min == 0.3
     assert model.metrics_["refresh"] is True
+    # and a setting deleted from the spec goes back to its default the same night (second break-it round)
+    for key in ("estimator", "tau_min"):
+        del spec["model"][key]
+    (tmp_path / "synthetic.json").write_text(json.dumps(spec))
+    run = synthetic_run(tmp_path, S3, df)
+    trained = pipeline.train(url, run, {"status": "passed", "drift_detected": False})
+    assert trained["mode"] == "refresh", trained
+    model = pipeline._store(run).load_model(trained["model_version"])
+    assert model.estimator == "concrete" and model.tau_min == 0.5

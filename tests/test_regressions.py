@@ -166,7 +166,7 @@ def test_a_skipped_start_trains_like_a_random_start(caplog):
     (lambda m: m["config"].update(hidden=[]), "hidden must be one or more layer widths"),
     (lambda m: m["config"].update(hidden=[16.7, 8]), "hidden must be one or more layer widths"),
     (lambda m: m["config"].update(tau_min="0.5"), "temperatures must be positive finite numbers"),
-    (lambda m: m["config"].update(n_threads=-1), "n_threads must be a whole number of at least 1"),
+    (lambda m: m["config"].update(n_threads=-1), "n_threads must be a whole number of at least 0"),
     (lambda m: m.pop("feature_types"), "missing entry 'feature_types'"),
     (lambda m: m.pop("preprocessing"), "missing entry 'preprocessing'"),
 ])
@@ -195,7 +195,10 @@ def test_a_tampered_artifact_is_an_artifact_error(tmp_path, edit, words):
     (dict(tau_start=float("inf")), "temperatures must be positive finite numbers"),
     (dict(tau_decay=1.5), "tau_decay must be at most 1"),
     (dict(bf16="no"), "bf16 must be True or False"),
-    (dict(patience=-1), "patience must be a whole number of at least 1"),
+    (dict(patience=-1), "patience must be a whole number of at least 0"),
+    (dict(learning_rate=float("inf")), "learning_rate must be a positive number"),
+    (dict(device="tpu"), "device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    (dict(n_threads=-1), "n_threads must be a whole number of at least 0"),
     (dict(seed=2**40), r"seed must be a whole number in \[0, 2\*\*32\)"),
     (dict(seed=-1), r"seed must be a whole number in \[0, 2\*\*32\)"),
     (dict(kl_anneal_epochs=-2), "kl_anneal_epochs must be a whole number of at least 0"),
@@ -208,10 +211,38 @@ def test_bad_estimator_settings_are_named_before_training(kw, match):
         ConcreteGMVAE(**kw).fit(df)
 
 
-def test_numpy_integers_are_whole_numbers():
+def test_numpy_values_are_settings_and_save_as_json(tmp_path):
+    """NumPy scalars are valid settings (second break-it round: np.float32 learning rates were refused,
+    an np.bool_ bf16 was accepted and then broke save's JSON), and 0 threads / patience 0 still mean
+    what they meant (torch's default; stop at the first epoch without improvement)."""
     from segmentation import ConcreteGMVAE
 
     df = pd.DataFrame({"a": np.arange(60.0), "b": np.arange(60.0) % 7})
     m = ConcreteGMVAE(n_segments=np.int64(3), latent_dim=np.int64(2), epochs=np.int64(1), pretrain_epochs=np.int64(1),
-                      hidden=(np.int64(8),), progress=False).fit(df)
+                      hidden=np.array([8]), learning_rate=np.float32(1e-3), pretrain_noise=np.float32(0.2),
+                      bf16=np.bool_(False), n_threads=0, patience=0, progress=False).fit(df)
     assert m.network_.K == 3
+    m.save(tmp_path / "m")
+    loaded = ConcreteGMVAE.load(tmp_path / "m")
+    assert loaded.hidden == (8,) and loaded.n_threads == 0 and loaded.bf16 is False
+    np.testing.assert_array_equal(loaded.predict(df), m.predict(df))
+
+
+def test_a_large_seed_keeps_the_mixture_start():
+    """Each mixture of the start is seeded seed * 1000 + i, which scikit-learn refuses past 2**32: every
+    start was skipped and the fit fell back on k-means without a word."""
+    from segmentation.synthetic import FEATURE_TYPES
+
+    model, _, _ = _tiny_fit(seed=4_294_968)
+    assert model.metrics_["init"]["start"] == "gmm-consensus", model.metrics_["init"]
+
+
+def test_metadata_that_is_not_an_object_is_an_artifact_error(tmp_path):
+    from segmentation import ConcreteGMVAE
+    from segmentation.model.artifact import ArtifactError
+
+    model, _, _ = _tiny_fit()
+    model.save(tmp_path / "m")
+    (tmp_path / "m" / "metadata.json").write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="holds a JSON list, not an object"):
+        ConcreteGMVAE.load(tmp_path / "m")

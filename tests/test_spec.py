@@ -57,6 +57,9 @@ CASES = [
     ("model-latent-zero", _set("model.latent_dim", 0), "latent_dim must be a whole number of at least 1"),
     ("model-prior-case", _set("model.prior_covariance", "Full"), "prior_covariance must be 'diagonal' or 'full'"),
     ("model-seed-negative", _set("model.seed", -1), "seed must be a whole number in [0, 2**32)"),
+    ("model-lr-inf", _set("model.learning_rate", float("inf")), "learning_rate must be a positive number"),
+    ("model-device", _set("model.device", "tpu"), "device must be 'auto', 'cpu', 'cuda'"),
+    ("model-threads-default", _set("model.n_threads", 0), None),   # 0: torch's own thread count
 ]
 
 
@@ -70,6 +73,8 @@ def test_a_wrongly_typed_spec_entry_is_named(tmp_path: Path, name: str, edit, pr
         spec = load_spec(path)
         if name == "blank-label":
             assert spec.feature("recency_days").high_label == ""  # the report falls back on the name
+        elif name == "model-threads-default":
+            assert spec.model["n_threads"] == 0
         else:
             assert "n_threads" not in spec.model
         return

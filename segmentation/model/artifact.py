@@ -96,6 +96,8 @@ def read_artifact(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, An
         meta = json.loads((p / METADATA).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{p / METADATA} is not valid JSON ({exc}); the artifact is corrupt") from exc
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{p / METADATA} holds a JSON {type(meta).__name__}, not an object; the artifact is corrupt")
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(
             f"{p}: artifact format {meta.get('format_version')!r} is not supported by this version "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from typing import Any, Iterator
 
@@ -173,7 +174,7 @@ class ConcreteGMVAE:
     ):
         self.n_segments = n_segments
         self.latent_dim = latent_dim
-        self.hidden = tuple(hidden) if isinstance(hidden, (list, tuple)) else hidden
+        self.hidden = tuple(hidden) if isinstance(hidden, (list, tuple, np.ndarray)) else hidden
         self.estimator = estimator
         self.tau_start = tau_start
         self.tau_min = tau_min
@@ -221,14 +222,13 @@ class ConcreteGMVAE:
             raise ValueError(f"prior_covariance must be 'diagonal' or 'full', not {self.prior_covariance!r}")
         if self.start_clusters not in ("gmm", "kmeans"):
             raise ValueError(f"start_clusters must be 'gmm' or 'kmeans', not {self.start_clusters!r}")
-        if isinstance(self.pretrain_noise, bool) or not isinstance(self.pretrain_noise, (int, float)) \
-                or not 0.0 <= float(self.pretrain_noise) < 1.0:
+        if not _is_number(self.pretrain_noise) or not 0.0 <= float(self.pretrain_noise) < 1.0:
             raise ValueError(f"pretrain_noise must be a share in [0, 1), not {self.pretrain_noise!r}")
         for name in ("learning_rate", "finetune_learning_rate"):
             value = getattr(self, name)
             if value is None and name == "finetune_learning_rate":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value) > 0:
+            if not _is_number(value) or not 0 < float(value) < math.inf:
                 raise ValueError(f"{name} must be a positive number, not {value!r}")
         if self.estimator not in ("concrete", "exact"):
             raise ValueError(f"estimator must be 'concrete' or 'exact', not {self.estimator!r}")
@@ -242,10 +242,14 @@ class ConcreteGMVAE:
                 raise ValueError(f"temperatures must be positive finite numbers: {name} is {value!r}")
         if float(self.tau_decay) > 1.0:
             raise ValueError(f"tau_decay must be at most 1 (the temperature decays), not {self.tau_decay!r}")
-        for name in ("epochs", "batch_size", "latent_dim", "patience", "min_level_count"):
+        for name in ("epochs", "batch_size", "latent_dim"):
             value = getattr(self, name)
             if not _is_whole(value) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+        for name in ("patience", "min_level_count"):
+            value = getattr(self, name)
+            if not _is_whole(value) or value < 0:
+                raise ValueError(f"{name} must be a whole number of at least 0, not {value!r}")
         if not _is_whole(self.n_segments):
             raise ValueError(f"n_segments must be a whole number, not {self.n_segments!r}")
         if not _is_whole(self.kl_anneal_epochs) or self.kl_anneal_epochs < 0:
@@ -257,8 +261,11 @@ class ConcreteGMVAE:
             raise ValueError(f"hidden must be one or more layer widths, whole numbers of at least 1, not {self.hidden!r}")
         if not isinstance(self.bf16, (bool, np.bool_)):
             raise ValueError(f"bf16 must be True or False, not {self.bf16!r}")
-        if self.n_threads is not None and (not _is_whole(self.n_threads) or self.n_threads < 1):
-            raise ValueError(f"n_threads must be a whole number of at least 1 (or None), not {self.n_threads!r}")
+        if self.n_threads is not None and (not _is_whole(self.n_threads) or self.n_threads < 0):
+            raise ValueError(f"n_threads must be a whole number of at least 0 (0 or None: torch's default), "
+                             f"not {self.n_threads!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|(cuda|mps)(:\d+)?", self.device):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', not {self.device!r}")
 
     def new_network(self, layout) -> GMVAENetwork:
         """A fresh network for this configuration (fit, load and the distributed fit all build it here)."""
@@ -483,8 +490,9 @@ class ConcreteGMVAE:
         # artifact that then refused to load
         self.check_refresh_shape("save", "fit again before saving")
         self._check_config()
-        config = self.get_params()
-        config["hidden"] = list(self.hidden)
+        # NumPy scalars (np.int64(3), np.float32(1e-3), np.bool_) are valid settings but not JSON
+        config = {k: v.item() if isinstance(v, np.generic) else v for k, v in self.get_params().items()}
+        config["hidden"] = [int(h) for h in self.hidden]
         config["warm_start"] = False  # a loaded model fits from scratch unless asked to refresh
         meta = {
             "kind": "ConcreteGMVAE",

@@ -373,7 +373,7 @@ def consensus_mixture(z, K: int, seed: int, n_fits: int = 20, fit_rows: int = 20
                 # below (every component must hold rows), not announced twenty times in the log
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 gm = GaussianMixture(K, covariance_type="full", reg_covar=1e-4, max_iter=200,
-                                     random_state=int(seed) * 1000 + i).fit(sample)
+                                     random_state=(int(seed) * 1000 + i) % 2**32).fit(sample)
         except ValueError as exc:  # a degenerate covariance on tiny or constant data: skip this start
             log.info("mixture start %d skipped: %s", i, exc)
             continue
