@@ -284,17 +284,24 @@ def _model_settings(spec: Spec, run: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _shape_changes(model, settings: dict[str, Any]) -> str:
-    """The settings that shape the network where tonight's spec (a key it leaves out: the estimator's
-    default, which is what a retrain would build) differs from ``model``'s ("" when none)."""
+def _with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
+    """Tonight's model settings in full: a key the spec leaves out (or deletes) is the estimator's
+    default, which is what a retrain would build."""
     from segmentation import ConcreteGMVAE
 
-    defaults = ConcreteGMVAE().get_params()
+    return {**ConcreteGMVAE().get_params(), **settings}
+
+
+def _shape_changes(model, settings: dict[str, Any]) -> str:
+    """The settings that shape the network (K aside: ``train`` says so on its own) where tonight's
+    spec differs from ``model``'s ("" when none)."""
+    from segmentation.model.estimator import SHAPE_KEYS
+
+    tonight = _with_defaults(settings)
     changed = []
-    for key in ("latent_dim", "hidden", "prior_covariance"):
-        was = tuple(model.hidden) if key == "hidden" else getattr(model, key)
-        now = settings.get(key, defaults[key])
-        now = tuple(now) if key == "hidden" else now
+    for key in (k for k in SHAPE_KEYS if k != "n_segments"):
+        was, now = getattr(model, key), tonight[key]
+        was, now = (tuple(was), tuple(now)) if key == "hidden" else (was, now)
         if now != was:
             changed.append(f"{key} {was!r} -> {now!r}")
     return ", ".join(changed)
@@ -428,9 +435,9 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
             reason, base_model = f"n_segments changed ({base_model.n_segments} -> {run['n_segments']})", None
         elif set(base_model.feature_types_.items()) != set(spec.feature_types.items()):
             reason, base_model = "the feature spec changed", None
-        elif _shape_changes(base_model, settings):
+        elif reshaped := _shape_changes(base_model, settings):
             # a refresh keeps the network's shape: a spec that changes it needs a model from scratch
-            reason, base_model = f"model settings changed ({_shape_changes(base_model, settings)})", None
+            reason, base_model = f"model settings changed ({reshaped})", None
         elif last_retrain and (run_date - last_retrain).days >= RETRAIN_EVERY_DAYS:
             reason, base_model = f"weekly retrain (last retrain {last_retrain})", None
         else:
@@ -453,10 +460,10 @@ def train(url: str, run: dict[str, Any], validated: dict[str, Any] | None = None
     fallback = base if base and _compatible(store, base, spec, run) and _loadable(store, base) else None
     try:
         if base_model is not None:
-            defaults = ConcreteGMVAE().get_params()  # a key deleted from the spec: back to the default
+            tonight = _with_defaults(settings)  # a key deleted from the spec: back to the default
             model = base_model.set_params(warm_start=True, epochs=REFRESH_EPOCHS, patience=REFRESH_EPOCHS,
                                           learning_rate=REFRESH_LEARNING_RATE,
-                                          **{k: settings.get(k, defaults[k]) for k in REFRESH_SETTINGS})
+                                          **{k: tonight[k] for k in REFRESH_SETTINGS})
             lineage_start = base_model.metadata_.get("run", {}).get("lineage_start") or base_model.metadata_.get("run", {}).get("run_date")
             model.fit(df, table_name=spec.features_relation.qualified)
         else:

@@ -27,6 +27,9 @@ from segmentation.model.training import (
 
 log = logging.getLogger(__name__)
 
+# the settings that decide the network's shape: a refresh, and a save after fit, cannot change them
+SHAPE_KEYS = ("n_segments", "latent_dim", "hidden", "prior_covariance")
+
 _CONFIG_KEYS = (
     "n_segments", "latent_dim", "hidden", "estimator", "tau_start", "tau_min", "tau_decay", "kl_anneal_epochs",
     "epochs", "batch_size", "learning_rate", "patience", "validation_fraction", "min_level_count", "seed",
@@ -283,7 +286,8 @@ class ConcreteGMVAE:
             "n_segments": net.K, "latent_dim": net.latent_dim, "prior_covariance": net.prior_covariance,
             "hidden": tuple(m.out_features for m in net.encoder if isinstance(m, torch.nn.Linear)),
         }
-        for name, was in fitted.items():
+        for name in SHAPE_KEYS:
+            was = fitted[name]
             now = tuple(self.hidden) if name == "hidden" else getattr(self, name)
             if now != was:
                 raise ValueError(
