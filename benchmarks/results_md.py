@@ -104,8 +104,10 @@ def machine_text(machine: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
-def provenance(d: dict[str, Any] | None, seeds: Any = None) -> str:
-    """One block naming command, date, seeds, versions, machine and commit of a result file."""
+def provenance(d: dict[str, Any] | None, seeds: Any = None,
+               only: tuple[str, ...] = ("command", "run", "seeds", "machine", "versions")) -> str:
+    """One block naming command, date, seeds, versions, machine and commit of a result file (or only
+    the lines named in ``only``)."""
     if not d:
         return ""
     m = d.get("machine") or {}
@@ -113,14 +115,16 @@ def provenance(d: dict[str, Any] | None, seeds: Any = None) -> str:
     if d.get("finished_utc"):
         when = f"{when} to {d['finished_utc']}"
     seeds = seeds if seeds is not None else d.get("seeds")
-    lines = [
-        f"- command: `{d.get('command', 'not recorded')}`",
-        f"- run: {when}" + (f", {d['total_wall_seconds']:,.0f} s wall" if d.get("total_wall_seconds") else ""),
-        f"- seeds: {seeds if seeds is not None else 'n/a'}",
-        f"- machine: {machine_text(m)}",
-        f"- versions: {versions_text(m)}" + (f"; git {m['git_commit'][:10]}" if m.get("git_commit") else ""),
-    ]
-    return "\n".join(lines) + "\n"
+    lines = {
+        "command": f"- command: `{d.get('command', 'not recorded')}`",
+        "run": f"- run: {when}" + (f", {d['total_wall_seconds']:,.0f} s wall" if d.get("total_wall_seconds") else ""),
+        "seeds": f"- seeds: {seeds if seeds is not None else 'n/a'}",
+        "machine": f"- machine: {machine_text(m)}",
+        # the commit belongs to the run: a block that borrows only machine and versions leaves it out
+        "versions": f"- versions: {versions_text(m)}"
+                    + (f"; git {m['git_commit'][:10]}" if m.get("git_commit") and "run" in only else ""),
+    }
+    return "\n".join(lines[k] for k in only) + "\n"
 
 
 def seeds_of(entry: dict[str, Any] | None) -> list[int] | str:
@@ -361,10 +365,14 @@ def section_quality(page: Page, res: Path, targets: dict[str, Any]) -> None:
                 page.add(f"Configuration: {start}. How it was chosen, and what a longer pretraining costs in "
                          "held-out log-likelihood, is in benchmarks/README.md ('Longer pretraining, and what did "
                          "not help').", "")
-        if pm:
+        if pm and measured_by(pm):
+            # peers.json merges runs: its own command and dates are those of its last run (the tabular
+            # sets), so the MNIST rows name the run that measured them and borrow only machine and versions
+            page.add(f"Peer rows: {measured_by(pm)}; seeds {seeds_of(pm)}. Machine and versions of peers.json's "
+                     "last run, the tabular sets' below:", "",
+                     provenance(pe, seeds=seeds_of(pm), only=("machine", "versions")))
+        elif pm:
             page.add("Peer rows:", "", provenance(pe, seeds=seeds_of(pm)))
-            if measured_by(pm):
-                page.add(f"MNIST peer rows {measured_by(pm)}.", "")
         if mn and "concrete" in mn.get("summary", {}):
             acc = mn["summary"]["concrete"]["hungarian_accuracy"]["mean"]
             km = (pm or {}).get("summary", {}).get("kmeans", {}).get("hungarian_accuracy", {}).get("mean")

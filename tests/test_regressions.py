@@ -159,6 +159,26 @@ def test_a_skipped_start_trains_like_a_random_start(caplog):
     assert any("anchor ignored" in r.getMessage() for r in caplog.records)
 
 
+def test_a_random_start_says_which_start_settings_it_ignores(caplog):
+    """--finetune-lr, --start-clusters and --pretrain-noise only shape the data-driven start; with
+    --init random they used to be dropped without a word."""
+    import logging
+
+    from segmentation import ConcreteGMVAE
+    from segmentation.synthetic import FEATURE_TYPES, planted_customers
+
+    df, _ = planted_customers(n=60, k=3, seed=1, missing=0.0)
+    kw = dict(n_segments=3, epochs=1, hidden=(16, 8), latent_dim=3, progress=False, init="random")
+    with caplog.at_level(logging.WARNING, logger="segmentation.model.estimator"):
+        ConcreteGMVAE(**kw).fit(df, FEATURE_TYPES)
+    assert not any("ignored" in r.getMessage() for r in caplog.records)
+    with caplog.at_level(logging.WARNING, logger="segmentation.model.estimator"):
+        ConcreteGMVAE(**kw, finetune_learning_rate=1e-4, start_clusters="kmeans").fit(df, FEATURE_TYPES)
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "finetune_learning_rate=0.0001" in msg and "start_clusters='kmeans'" in msg and "ignored" in msg
+    assert "pretrain_noise" not in msg
+
+
 @pytest.mark.parametrize("edit, words", [
     (lambda m: m.pop("config"), "missing entry 'config'"),
     (lambda m: m["config"].pop("hidden"), "missing entry 'hidden'"),

@@ -7,6 +7,7 @@ directory of safetensors weights and JSON metadata.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import re
@@ -303,6 +304,16 @@ class ConcreteGMVAE:
         if not self.is_fitted:
             raise RuntimeError("this ConcreteGMVAE is not fitted yet; call fit() or ConcreteGMVAE.load()")
 
+    def _warn_unused_start_settings(self) -> None:
+        """A fit without the data-driven start ignores the settings that only shape that start; say
+        so rather than let a changed --finetune-lr or --start-clusters look like it took effect."""
+        params = inspect.signature(type(self).__init__).parameters
+        changed = [f"{k}={getattr(self, k)!r}" for k in ("pretrain_noise", "start_clusters", "finetune_learning_rate")
+                   if getattr(self, k) != params[k].default]
+        if changed:
+            log.warning("%s ignored: they shape the data-driven start, and init=%r, pretrain_epochs=%s make none",
+                        ", ".join(changed), self.init, self.pretrain_epochs)
+
     def _train_config(self, pretrained_start: bool = False) -> TrainConfig:
         """``pretrained_start``: a fit from scratch, which with ``init="pretrain"`` begins from the
         data-driven start: the KL(y) weight is then 1 from the first epoch. Annealing it from 0 exists
@@ -393,9 +404,11 @@ class ConcreteGMVAE:
                     # the start was skipped (too few rows): train as a random start does, with the KL
                     # annealing and the one learning rate, not as if a start had placed the segments
                     cfg = self._train_config(pretrained_start=False)
-            elif anchor is not None and not refresh:
-                log.warning("anchor ignored: it places the data-driven start, and init=%r, pretrain_epochs=%s make none",
-                            self.init, self.pretrain_epochs)
+            elif not refresh:
+                if anchor is not None:
+                    log.warning("anchor ignored: it places the data-driven start, and init=%r, pretrain_epochs=%s "
+                                "make none", self.init, self.pretrain_epochs)
+                self._warn_unused_start_settings()
             history = train(net, train_data, val_data, cfg, gen)
         net.eval()
         self.preprocessor_ = pre
