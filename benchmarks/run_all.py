@@ -4,8 +4,8 @@
 Pieces (each its own script, run in a child process with one torch / BLAS thread):
 
   mnist      benchmarks/mnist_gmvae.py   concrete vs exact on MNIST, 5 seeds          ~14 min
-  k_scaling  benchmarks/k_scaling.py     K in {2,5,10,20,50,100,200}, both estimators ~15 min
-  k_scaling_concrete                     the same, concrete alone, 10 timed epochs    ~10 min
+  k_scaling  benchmarks/k_scaling.py     K in {2,5,10,20,50,100,200}, both estimators ~40 min
+  k_scaling_concrete                     the same, concrete alone, 10 timed epochs    ~13 min
   peers      benchmarks/peers.py         GaussianMixture / KMeans (MNIST, tabular), GMVAE on tabular
   roofline   benchmarks/roofline.py      matmul roofline vs achieved training FLOP/s   ~3 min
   scale      benchmarks/scale.py         pipeline steps at 100k / 1M / 5M customers
