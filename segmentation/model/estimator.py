@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # the settings that decide the network's shape: a refresh, and a save after fit, cannot change them
 SHAPE_KEYS = ("n_segments", "latent_dim", "hidden", "prior_covariance")
+# the settings that only shape the data-driven start (init="pretrain"); a random start ignores them
+START_ONLY_KEYS = ("pretrain_noise", "start_clusters", "finetune_learning_rate")
 
 _CONFIG_KEYS = (
     "n_segments", "latent_dim", "hidden", "estimator", "tau_start", "tau_min", "tau_decay", "kl_anneal_epochs",
@@ -308,8 +310,7 @@ class ConcreteGMVAE:
         """A fit without the data-driven start ignores the settings that only shape that start; say
         so rather than let a changed --finetune-lr or --start-clusters look like it took effect."""
         params = inspect.signature(type(self).__init__).parameters
-        changed = [f"{k}={getattr(self, k)!r}" for k in ("pretrain_noise", "start_clusters", "finetune_learning_rate")
-                   if getattr(self, k) != params[k].default]
+        changed = [f"{k}={getattr(self, k)!r}" for k in START_ONLY_KEYS if getattr(self, k) != params[k].default]
         if changed:
             log.warning("%s ignored: they shape the data-driven start, and init=%r, pretrain_epochs=%s make none",
                         ", ".join(changed), self.init, self.pretrain_epochs)
