@@ -368,8 +368,8 @@ def section_quality(page: Page, res: Path, targets: dict[str, Any]) -> None:
         if pm and measured_by(pm):
             # peers.json merges runs: its own command and dates are those of its last run (the tabular
             # sets), so the MNIST rows name the run that measured them and borrow only machine and versions
-            page.add(f"Peer rows: {measured_by(pm)}; seeds {seeds_of(pm)}. Machine and versions of peers.json's "
-                     "last run, the tabular sets' below:", "",
+            page.add(f"Peer rows: {measured_by(pm)}; seeds {seeds_of(pm)}. Machine and versions are those "
+                     "of peers.json's last run:", "",
                      provenance(pe, seeds=seeds_of(pm), only=("machine", "versions")))
         elif pm:
             page.add("Peer rows:", "", provenance(pe, seeds=seeds_of(pm)))

@@ -427,6 +427,8 @@ def fit_distributed(model, snapshot: ParquetSnapshot, ctx: DistContext, feature_
                 shard_anchor = None if codes is None else codes[start:stop][tr_idx]
             init_info = pretrain_init(net, train_data, cfg, torch.Generator().manual_seed(seed),
                                       int(model.pretrain_epochs), seed, anchor=shard_anchor)
+        elif not refresh and ctx.is_main:
+            model._warn_no_start(model._no_start_reason(), anchor is not None)
         find_unused = _unused_parameters(net, cfg.estimator, {k: v[:8].to(cfg.device) for k, v in train_data.items()})
         wrapped = _loss_module(net, cfg.estimator)
         ddp = DDP(wrapped, device_ids=[cfg.device.index] if cfg.device.type == "cuda" else None,

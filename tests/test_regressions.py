@@ -179,6 +179,64 @@ def test_a_random_start_says_which_start_settings_it_ignores(caplog):
     assert "pretrain_noise" not in msg
 
 
+def test_the_ignored_start_settings_warning_holds_for_subclasses_skipped_starts_and_ddp(tmp_path, caplog):
+    """Break-it findings: a subclass taking **kwargs made every random-start fit raise KeyError; a
+    start skipped for too few rows, and the distributed fit, ignored the settings without a word."""
+    import logging
+
+    from segmentation import ConcreteGMVAE
+    from segmentation.distributed import ParquetSnapshot, fit_distributed, init_distributed, shutdown
+    from segmentation.synthetic import FEATURE_TYPES, planted_customers
+
+    class Tuned(ConcreteGMVAE):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+
+    df, _ = planted_customers(n=60, k=3, seed=1, missing=0.0)
+    small = dict(epochs=1, hidden=(16, 8), latent_dim=3, progress=False, device="cpu")
+
+    def warnings_of(make_and_fit) -> str:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            make_and_fit()
+        return " ".join(r.getMessage() for r in caplog.records if "ignored" in r.getMessage())
+
+    assert warnings_of(lambda: Tuned(n_segments=3, init="random", **small).fit(df, FEATURE_TYPES)) == ""
+    msg = warnings_of(lambda: Tuned(n_segments=3, init="random", start_clusters="kmeans", **small).fit(df, FEATURE_TYPES))
+    assert "start_clusters='kmeans' ignored" in msg
+    # 25 rows, 12 segments: the start is skipped
+    tiny, _ = planted_customers(n=25, k=3, seed=1, missing=0.0)
+    msg = warnings_of(lambda: ConcreteGMVAE(n_segments=12, pretrain_epochs=2, finetune_learning_rate=1e-6, **small)
+                      .fit(tiny, FEATURE_TYPES, anchor=np.zeros(len(tiny))))
+    assert "anchor ignored" in msg and "finetune_learning_rate=1e-06 ignored" in msg and "too few" in msg
+    path = tmp_path / "rows.parquet"
+    df.to_parquet(path)
+    ctx = init_distributed(device="cpu")
+    try:
+        model = ConcreteGMVAE(n_segments=3, init="random", finetune_learning_rate=1e-4, **small)
+        msg = warnings_of(lambda: fit_distributed(model, ParquetSnapshot(str(path)), ctx, feature_types=FEATURE_TYPES))
+    finally:
+        shutdown(ctx)
+    assert "finetune_learning_rate=0.0001 ignored" in msg
+
+
+def test_a_missing_features_table_logs_its_validation_summary(tmp_path, caplog):
+    """The pipeline logs only the validation status ("checks above"): the early return for a missing
+    table must log its summary like every other outcome."""
+    import datetime as dt
+    import logging
+
+    from segmentation.spec import load_spec
+    from validation.features import validate_features
+
+    spec = load_spec(None)
+    with caplog.at_level(logging.INFO, logger="validation.features"):
+        res = validate_features(f"duckdb:///{tmp_path}/empty.duckdb", spec, as_of=dt.datetime(2011, 12, 10),
+                                out_dir=tmp_path)
+    assert res.status == "failed"
+    assert any("table exists" in r.getMessage() and "validation features" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("edit, words", [
     (lambda m: m.pop("config"), "missing entry 'config'"),
     (lambda m: m["config"].pop("hidden"), "missing entry 'hidden'"),

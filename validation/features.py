@@ -99,6 +99,7 @@ def validate_features(
                 ))
                 res.duration_s = time.perf_counter() - started
                 finish(res, None, out_dir)
+                log.info("%s", res.summary())
                 return res
             data = wh.query(f"select * from {wh.qualified(relation.schema, relation.table)}")
         finally:

@@ -306,14 +306,21 @@ class ConcreteGMVAE:
         if not self.is_fitted:
             raise RuntimeError("this ConcreteGMVAE is not fitted yet; call fit() or ConcreteGMVAE.load()")
 
-    def _warn_unused_start_settings(self) -> None:
-        """A fit without the data-driven start ignores the settings that only shape that start; say
-        so rather than let a changed --finetune-lr or --start-clusters look like it took effect."""
-        params = inspect.signature(type(self).__init__).parameters
+    def _warn_no_start(self, why: str, anchor_given: bool) -> None:
+        """No data-driven start placed the segments (``why``): name what was given for it and is
+        therefore ignored, rather than let an anchor or a changed --finetune-lr look like it took
+        effect. Shared by the single-process and the distributed fit."""
+        if anchor_given:
+            log.warning("anchor ignored: it places the data-driven start, and %s", why)
+        # the defaults of this class's own signature: a subclass may take **kwargs
+        params = inspect.signature(ConcreteGMVAE.__init__).parameters
         changed = [f"{k}={getattr(self, k)!r}" for k in START_ONLY_KEYS if getattr(self, k) != params[k].default]
         if changed:
-            log.warning("%s ignored: they shape the data-driven start, and init=%r, pretrain_epochs=%s make none",
-                        ", ".join(changed), self.init, self.pretrain_epochs)
+            log.warning("%s ignored: only the data-driven start uses %s, and %s", ", ".join(changed),
+                        "it" if len(changed) == 1 else "them", why)
+
+    def _no_start_reason(self) -> str:
+        return f"init={self.init!r}, pretrain_epochs={self.pretrain_epochs} make none"
 
     def _train_config(self, pretrained_start: bool = False) -> TrainConfig:
         """``pretrained_start``: a fit from scratch, which with ``init="pretrain"`` begins from the
@@ -405,11 +412,9 @@ class ConcreteGMVAE:
                     # the start was skipped (too few rows): train as a random start does, with the KL
                     # annealing and the one learning rate, not as if a start had placed the segments
                     cfg = self._train_config(pretrained_start=False)
+                    self._warn_no_start("it was skipped: too few training rows", anchor is not None)
             elif not refresh:
-                if anchor is not None:
-                    log.warning("anchor ignored: it places the data-driven start, and init=%r, pretrain_epochs=%s "
-                                "make none", self.init, self.pretrain_epochs)
-                self._warn_unused_start_settings()
+                self._warn_no_start(self._no_start_reason(), anchor is not None)
             history = train(net, train_data, val_data, cfg, gen)
         net.eval()
         self.preprocessor_ = pre
