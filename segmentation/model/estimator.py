@@ -307,20 +307,26 @@ class ConcreteGMVAE:
             raise RuntimeError("this ConcreteGMVAE is not fitted yet; call fit() or ConcreteGMVAE.load()")
 
     def _warn_no_start(self, why: str, anchor_given: bool) -> None:
-        """No data-driven start placed the segments (``why``): name what was given for it and is
+        """No data-driven start placed the segments (``why``): name each setting given for it that is
         therefore ignored, rather than let an anchor or a changed --finetune-lr look like it took
         effect. Shared by the single-process and the distributed fit."""
         if anchor_given:
-            log.warning("anchor ignored: it places the data-driven start, and %s", why)
+            log.warning("anchor ignored: it places the data-driven start, and there is none (%s)", why)
         # the defaults of this class's own signature: a subclass may take **kwargs
         params = inspect.signature(ConcreteGMVAE.__init__).parameters
-        changed = [f"{k}={getattr(self, k)!r}" for k in START_ONLY_KEYS if getattr(self, k) != params[k].default]
-        if changed:
-            log.warning("%s ignored: only the data-driven start uses %s, and %s", ", ".join(changed),
-                        "it" if len(changed) == 1 else "them", why)
+        keys = START_ONLY_KEYS + (("pretrain_epochs",) if self.init == "random" else ())
+        ignored = []
+        for k in keys:
+            if getattr(self, k) != params[k].default:
+                note = (f" (the whole fit trains at learning_rate={self.learning_rate})"
+                        if k == "finetune_learning_rate" else "")
+                ignored.append(f"{k}={getattr(self, k)!r} ignored{note}")
+        if ignored:
+            log.warning("%s: %s the data-driven start, and there is none (%s)", "; ".join(ignored),
+                        "this setting shapes" if len(ignored) == 1 else "these settings shape", why)
 
     def _no_start_reason(self) -> str:
-        return f"init={self.init!r}, pretrain_epochs={self.pretrain_epochs} make none"
+        return f"init={self.init!r}" if self.init == "random" else f"pretrain_epochs={self.pretrain_epochs}"
 
     def _train_config(self, pretrained_start: bool = False) -> TrainConfig:
         """``pretrained_start``: a fit from scratch, which with ``init="pretrain"`` begins from the
